@@ -1,0 +1,41 @@
+"""The ``cvae`` command: ``cvae <command> [options]``; each command lives in its own module's ``main(argv)``."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: command -> (module, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("cvae.data.synthetic", "write a synthetic ACDC-like cohort in the ACDC layout"),
+    "train": ("cvae.train", "train the CVAE (single process or torchrun)"),
+    "register": ("cvae.register", "register two NIfTI images, write NIfTI outputs and metrics"),
+    "evaluate": ("cvae.evaluate", "evaluate methods (cvae, demons, voxelmorph, identity) on a cohort"),
+    "embed": ("cvae.latent", "encode a cohort to a table of latent codes and clinical measures"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: cvae <command> [options]   (cvae <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        from . import __version__
+        print(f"cvae-reg {__version__}")
+        return 0
+    if args[0] not in COMMANDS:
+        print(f"cvae: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[args[0]][0])
+    return int(module.main(args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

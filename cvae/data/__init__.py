@@ -1,0 +1,1 @@
+"""Cardiac data: the ACDC reader, the synthetic ACDC-like cohort, preprocessing and the training dataset."""

@@ -1,0 +1,276 @@
+"""Training of the CVAE: configuration on top, one loop below; single process or ``torchrun`` + DDP.
+
+    cvae train --data data/synthetic-acdc --out runs/cvae --steps 20000
+    torchrun --nproc_per_node=2 -m cvae.train --data ... --out ...     # DistributedDataParallel (gloo on CPU)
+
+Every ``save_every`` steps the folder ``<out>/last`` is replaced atomically (weights, optimiser, step); every
+``val_every`` steps the model is validated on held-out training subjects (mean Dice of the warped ED labels against
+the ES labels over the five structures, fraction of negative Jacobians) and ``<out>/best`` keeps the best one.
+``<out>/log.jsonl`` gets one line per step (loss terms, seconds per step) and per validation. All randomness of step
+``s`` (sample order, augmentation, the reparameterisation noise) is derived from ``(seed, s, rank)``, so
+``--resume`` continues exactly where the last checkpoint stopped. Ctrl-C or SIGTERM saves before exiting.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from .data.augment import AugmentParams, augment_batch
+from .data.dataset import PairDataset
+from .data.labels import STRUCTURES
+from .device import resolve_device
+from .fields import warp
+from .metrics import dice, negative_jacobian_fraction
+from .model import CVAERegistration, ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved in the checkpoint's ``config.json`` under ``training``."""
+
+    data: str = "data/synthetic-acdc"      # ACDC-layout root (real ACDC or `cvae synth` output)
+    out: str = "runs/cvae"                 # run folder: last/, best/, log.jsonl
+    steps: int = 20000                     # optimiser steps (batches)
+    batch_size: int = 1                    # per process
+    lr: float = 5e-4                       # Adam
+    weight_decay: float = 1e-4             # L2
+    latent_dim: int = 16                   # d
+    lam: float = 5000.0                    # lambda of the Boltzmann likelihood
+    sigma_smooth: float = 3.0              # sigma_S of the velocity smoothing (voxels)
+    sigma_lcc: float = 2.0                 # sigma_G of the LCC windows (voxels)
+    n_steps: int = 4                       # N of scaling and squaring
+    image_size: tuple[int, int, int] = (128, 128, 32)
+    spacing: tuple[float, float, float] = (1.5, 1.5, 3.15)
+    model_overrides: dict = field(default_factory=dict)  # other ModelConfig fields (e.g. smaller channels)
+    augment: bool = True                   # random shift / rotation / scaling / mirroring
+    val_subjects: int = 10                 # last N training subjects held out for validation
+    val_every: int = 500
+    save_every: int = 100                  # a SIGKILL loses at most this many steps
+    time_limit_min: float = 0.0            # stop (and save) after this many minutes; 0 = no limit
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0                       # torch intra-op threads; 0 = torch's default
+    cache_dir: str | None = None           # preprocessed-volume cache (default ~/.cache/cvae-reg)
+    resume: bool = False                   # continue from <out>/last
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict({**ModelConfig().to_dict(), "image_size": self.image_size,
+                                      "latent_dim": self.latent_dim, "lam": self.lam,
+                                      "sigma_smooth": self.sigma_smooth, "sigma_lcc": self.sigma_lcc,
+                                      "n_steps": self.n_steps, **self.model_overrides})
+
+
+class _StopFlag:
+    """Turns SIGTERM and a first Ctrl-C into a request to save and stop after the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _collate(items: list[dict]) -> dict[str, Any]:
+    keys = [k for k in items[0] if isinstance(items[0][k], torch.Tensor) and all(k in it for it in items)]
+    return {k: torch.stack([it[k] for it in items]) for k in keys}
+
+
+def _rewind_log(path: Path, step: int) -> None:
+    """Drop log lines written after ``step`` (by a run killed after its last checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def validate(model: CVAERegistration, dataset: PairDataset, indices: list[int], device: torch.device) -> dict:
+    """Mean Dice (five structures, warped ED labels vs ES labels) and negative-Jacobian fraction on ``indices``."""
+    model.eval()
+    dices, folding = [], []
+    for i in indices:
+        item = dataset[i]
+        fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
+        result = model.register(fixed, moving, inverse=False)
+        folding.append(negative_jacobian_fraction(result.jacobian))
+        if "moving_label" in item:
+            warped = warp(item["moving_label"][None].float().to(device), result.displacement, mode="nearest")
+            warped, ref = warped[0, 0].cpu().numpy(), item["fixed_label"][0].numpy()
+            dices.append(np.nanmean([dice(np.isin(warped, v), np.isin(ref, v), name=s)
+                                     for s, v in STRUCTURES.items()]))
+    model.train()
+    return {"val_dice": float(np.mean(dices)) if dices else float("nan"),
+            "val_negative_jacobian": float(np.mean(folding))}
+
+
+def _param_checksum(model: torch.nn.Module) -> float:
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Run (or resume) training; returns the run folder. Works under ``torchrun`` (DDP) and alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    log_path = out / "log.jsonl"
+
+    dataset = PairDataset(cfg.data, "training", cfg.image_size, cfg.spacing, cfg.cache_dir)
+    n_val = min(cfg.val_subjects, len(dataset) - 1)
+    train_idx = list(range(len(dataset) - n_val))
+    val_idx = list(range(len(dataset) - n_val, len(dataset)))
+    sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    per_epoch = len(sampler) // cfg.batch_size
+    if per_epoch < 1:
+        raise ValueError(f"{len(train_idx)} training subjects are too few for {world} x batch {cfg.batch_size}")
+
+    torch.manual_seed(cfg.seed)
+    model = CVAERegistration(cfg.model_config()).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, best, wall = 0, -math.inf, 0.0
+    if cfg.resume and (out / "last").is_dir():
+        resumed, _ = load_checkpoint(out / "last", device)
+        model.load_state_dict(resumed.state_dict())
+        opt_state, trainer = load_training_state(out / "last")
+        optimizer.load_state_dict(opt_state)
+        start, best, wall = trainer["step"], trainer["best_dice"], trainer["wall_time_s"]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _rewind_log(log_path, start)
+    net = DistributedDataParallel(model) if world > 1 else model
+    augment = AugmentParams() if cfg.augment else None
+    training_info = {**asdict(cfg), "world_size": world, "hardware": f"{platform.processor() or platform.machine()}"
+                     f", {os.cpu_count()} cores, {device.type}", "torch": torch.__version__}
+
+    def save(step: int, folder: str, metrics: dict | None = None) -> None:
+        info = {**training_info, "steps_done": step, "wall_time_s": round(wall, 1)}
+        save_checkpoint(out / folder, model, spacing=cfg.spacing, training=info, metrics=metrics,
+                        optimizer=optimizer if folder == "last" else None,
+                        trainer={"step": step, "best_dice": best, "wall_time_s": wall})
+
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
+    log = open(log_path, "a") if rank == 0 else None
+    step = start
+    with _StopFlag() as stop:
+        net.train()
+        while step < cfg.steps and not stop.requested:
+            tic = time.perf_counter()
+            epoch, position = divmod(step, per_epoch)
+            sampler.set_epoch(epoch)
+            order = list(sampler)[position * cfg.batch_size:(position + 1) * cfg.batch_size]
+            batch = _collate([dataset[train_idx[i]] for i in order])
+            torch.manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
+            if augment is not None:
+                gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step) * world + rank)
+                batch = augment_batch(batch, augment, gen, cfg.spacing)
+            terms = net(batch["fixed"].to(device), batch["moving"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            step += 1
+            elapsed = time.perf_counter() - tic
+            wall += elapsed
+            values = {k: round(float(v.detach()), 6) for k, v in terms.items()}
+            if rank == 0:
+                log.write(json.dumps({"kind": "train", "step": step, **values, "sec": round(elapsed, 4)}) + "\n")
+                bar.set_postfix(loss=f"{values['loss']:.1f}", lcc=f"{values['lcc']:.4f}", kl=f"{values['kl']:.2f}",
+                                s_per_step=f"{elapsed:.2f}")
+                bar.update(1)
+                if cfg.time_limit_min and wall > 60 * cfg.time_limit_min:
+                    stop.requested = True
+            if rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps) and val_idx:
+                scores = validate(model, dataset, val_idx, device)
+                log.write(json.dumps({"kind": "val", "step": step, **scores}) + "\n")
+                if scores["val_dice"] > best:
+                    best = scores["val_dice"]
+                    save(step, "best", scores)
+            if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or stop.requested):
+                log.flush()
+                save(step, "last")
+            if world > 1:
+                flag = torch.tensor([float(stop.requested)], device=device)
+                dist.all_reduce(flag)
+                stop.requested = bool(flag.item())
+    bar.close()
+    if world > 1:
+        checksums = [None] * world
+        dist.all_gather_object(checksums, _param_checksum(model))
+        if rank == 0:
+            log.write(json.dumps({"kind": "ddp_check", "step": step, "checksums": checksums}) + "\n")
+        dist.destroy_process_group()
+    if log is not None:
+        log.close()
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvae train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, nargs=len(default), type=type(default[0]), default=default)
+        elif isinstance(default, dict):
+            parser.add_argument(flag, type=json.loads, default=default, help="JSON object")
+        else:
+            parser.add_argument(flag, type=type(default) if default is not None else str, default=default)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()})
+    try:
+        out = train(cfg)
+    except ValueError as exc:
+        print(f"cvae train: {exc}", file=sys.stderr)
+        return 2
+    print(f"checkpoints in {out}/last and {out}/best; log in {out}/log.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

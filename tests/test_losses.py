@@ -1,0 +1,67 @@
+"""Local cross-correlation, its symmetric form, and the KL divergence."""
+from __future__ import annotations
+
+import torch
+
+from cvae.fields import gaussian_kernel1d, gaussian_smooth
+from cvae.losses import kl_divergence, local_cross_correlation, symmetric_lcc
+
+SHAPE = (16, 16, 12)
+
+
+def smooth_image(seed: int, shape=SHAPE) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand(1, 1, *shape, generator=gen, dtype=torch.float64)
+    return gaussian_smooth(noise, gaussian_kernel1d(1.0, 5, torch.float64)) * 4
+
+
+def smooth_velocity(seed: int, scale: float, shape=SHAPE) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, 3, *shape, generator=gen, dtype=torch.float64)
+    return scale * gaussian_smooth(noise, gaussian_kernel1d(2.0, 9, torch.float64))
+
+
+def test_lcc_of_an_image_with_itself_is_optimal():
+    a, b = smooth_image(0), smooth_image(1)
+    self_cc = local_cross_correlation(a, a)
+    assert float(self_cc) > 0.99
+    assert float(self_cc) > float(local_cross_correlation(a, b)) + 0.3
+
+
+def test_lcc_is_invariant_to_positive_affine_intensity_changes():
+    a, b = smooth_image(0), smooth_image(1)
+    base = local_cross_correlation(a, b, eps=1e-12)
+    assert torch.allclose(local_cross_correlation(a, 2.5 * b + 7.0, eps=1e-12), base, atol=1e-9)
+    assert torch.allclose(local_cross_correlation(3.0 * a - 1.0, b, eps=1e-12), base, atol=1e-9)
+
+
+def test_symmetric_loss_is_symmetric_under_swap_and_negation():
+    f, m, v = smooth_image(2), smooth_image(3), smooth_velocity(4, 3.0)
+    assert torch.allclose(symmetric_lcc(f, m, v), symmetric_lcc(m, f, -v), atol=1e-12)
+
+
+def test_symmetric_loss_prefers_the_true_velocity():
+    from cvae.fields import exponentiate, warp
+    m = smooth_image(5)
+    v = smooth_velocity(6, 8.0)
+    f = warp(m, exponentiate(v))  # F = M o exp(v)
+    assert float(symmetric_lcc(f, m, v)) > float(symmetric_lcc(f, m, torch.zeros_like(v))) + 0.05
+
+
+def test_kl_closed_form_against_monte_carlo():
+    mu = torch.tensor([[0.5, -1.0, 0.2]], dtype=torch.float64)
+    logvar = torch.tensor([[-0.5, 0.3, 0.0]], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(7)
+    std = torch.exp(0.5 * logvar)
+    z = mu + std * torch.randn(200_000, 3, generator=gen, dtype=torch.float64)
+    log_q = (-0.5 * ((z - mu) / std) ** 2 - torch.log(std)).sum(1)
+    log_p = (-0.5 * z ** 2).sum(1)
+    assert abs(float(kl_divergence(mu, logvar)) - float((log_q - log_p).mean())) < 0.01
+    assert float(kl_divergence(torch.zeros(1, 4), torch.zeros(1, 4))) == 0.0
+
+
+def test_gradcheck_symmetric_loss():
+    shape = (6, 5, 5)
+    f, m = smooth_image(8, shape), smooth_image(9, shape)
+    v = smooth_velocity(10, 1.0, shape).requires_grad_()
+    assert torch.autograd.gradcheck(lambda w: symmetric_lcc(f, m, w, n_steps=2, sigma=1.0, kernel_size=3), (v,))
