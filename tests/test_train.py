@@ -1,0 +1,120 @@
+"""Training: exact resume, checkpoints that load safely, DDP with torchrun, and the shipped checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cvae.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from cvae.model import CVAERegistration
+from cvae.train import TrainConfig, train
+
+from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING
+
+
+def tiny_config(cohort: Path, out: Path, cache: Path, **kw) -> TrainConfig:
+    overrides = {k: v for k, v in TINY_MODEL.items() if k != "image_size"}
+    return TrainConfig(data=str(cohort), out=str(out), image_size=TINY_SIZE, spacing=TINY_SPACING,
+                       model_overrides=overrides, val_subjects=2, val_every=4, save_every=2, threads=1,
+                       cache_dir=str(cache), **kw)
+
+
+def train_losses(out: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return {d["step"]: d["loss"] for d in lines if d["kind"] == "train"}
+
+
+def test_resume_continues_exactly(tiny_cohort, tiny_cache, tmp_path):
+    full = train(tiny_config(tiny_cohort, tmp_path / "full", tiny_cache, steps=6), progress=False)
+    train(tiny_config(tiny_cohort, tmp_path / "cut", tiny_cache, steps=3), progress=False)
+    # A killed run may have logged steps after its last checkpoint (step 2 here): resume must rewind them.
+    resumed = train(tiny_config(tiny_cohort, tmp_path / "cut", tiny_cache, steps=6, resume=True), progress=False)
+    a, b = train_losses(full), train_losses(resumed)
+    assert sorted(b) == list(range(1, 7))
+    for step in range(1, 7):
+        assert a[step] == pytest.approx(b[step], rel=1e-5), step
+    wa = load_checkpoint(full / "last", "cpu")[0].state_dict()
+    wb = load_checkpoint(resumed / "last", "cpu")[0].state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
+    assert any(d["kind"] == "val" and 0 <= d["val_dice"] <= 1 for d in log)
+    assert (full / "best" / "model.safetensors").is_file()
+
+
+def test_checkpoint_errors_are_one_line(tmp_path):
+    model = CVAERegistration(**TINY_MODEL)
+    folder = save_checkpoint(tmp_path / "ckpt", model)
+    loaded = load_model(folder, "cpu")
+    assert all(torch.equal(loaded.state_dict()[k], model.state_dict()[k]) for k in model.state_dict())
+
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as info:
+        load_model(folder, "cpu")
+    assert "\n" not in str(info.value)
+
+    save_checkpoint(folder, model)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["latent_dim"] = 8
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_model(folder, "cpu")
+    config["model"]["attention"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="attention"):
+        load_model(folder, "cpu")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(folder, "cpu")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "nowhere", "cpu")
+
+
+def test_torchrun_two_processes_keep_identical_weights(tiny_cohort, tiny_cache, tmp_path):
+    overrides = json.dumps({k: v for k, v in TINY_MODEL.items() if k != "image_size"})
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cvae.train",
+           "--data", str(tiny_cohort), "--out", str(out), "--steps", "3", "--image-size", *map(str, TINY_SIZE),
+           "--spacing", *map(str, TINY_SPACING), "--model-overrides", overrides, "--val-subjects", "2",
+           "--threads", "1", "--cache-dir", str(tiny_cache), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    check = [d for d in log if d["kind"] == "ddp_check"]
+    assert len(check) == 1 and len(check[0]["checksums"]) == 2
+    assert check[0]["checksums"][0] == check[0]["checksums"][1]
+    assert max(d["step"] for d in log if d["kind"] == "train") == 3
+    assert json.loads((out / "last" / "config.json").read_text())["training"]["world_size"] == 2
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "synthetic-acdc"
+
+
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="shipped checkpoint not present")
+def test_shipped_checkpoint_registers_a_test_pair_better_than_identity(tiny_cohort, tiny_cache):
+    from cvae.data.dataset import PairDataset
+    from cvae.data.labels import STRUCTURES
+    from cvae.fields import warp
+    from cvae.metrics import dice
+
+    model = load_model("synthetic-acdc", "cpu")
+    data = PairDataset(tiny_cohort, "testing", model.config.image_size, cache_dir=tiny_cache)
+    gains = []
+    for i in range(len(data)):
+        item = data[i]
+        with torch.no_grad():
+            r = model.register(item["fixed"][None], item["moving"][None], inverse=False)
+        warped = warp(item["moving_label"][None].float(), r.displacement, mode="nearest")[0, 0].numpy()
+        ref, moving = item["fixed_label"][0].numpy(), item["moving_label"][0].numpy()
+        after = np.mean([dice(np.isin(warped, v), np.isin(ref, v)) for v in STRUCTURES.values()])
+        before = np.mean([dice(np.isin(moving, v), np.isin(ref, v)) for v in STRUCTURES.values()])
+        gains.append(after - before)
+        assert float((r.jacobian <= 0).float().mean()) == 0.0
+    assert np.mean(gains) > 0.05
