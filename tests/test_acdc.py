@@ -1,0 +1,264 @@
+"""ACDC reader on hand-made miniature trees: layouts, stray files, missing labels and broken files."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cvae.data.acdc import (
+    ACDCError,
+    find_subjects,
+    load_cohort,
+    load_nifti,
+    load_subject,
+    patient_directories,
+    read_info_cfg,
+)
+
+SHAPE = (24, 28, 6)
+SPACING = (1.5625, 1.5625, 10.0)
+
+
+def make_affine(spacing=SPACING) -> np.ndarray:
+    """A non-trivial voxel-to-world affine: axis 0 flipped, a small in-plane rotation, an offset."""
+    angle = np.deg2rad(20.0)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([-1.0, 1.0, 1.0]) @ np.diag(spacing)
+    affine[:3, 3] = [40.0, -25.0, 12.0]
+    return affine
+
+
+def heart_label(shape=SHAPE, centre=(13.0, 12.0, 3.0), radius=5.0) -> np.ndarray:
+    """Concentric LV (3) / myocardium (2) with an RV (1) blob beside it, uint8 ``shape``."""
+    x, y, z = np.indices(shape)
+    r = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2)
+    inside = np.abs(z - centre[2]) <= 2
+    label = np.zeros(shape, np.uint8)
+    label[(r < radius + 2) & inside] = 2
+    label[(r < radius) & inside] = 3
+    label[(np.sqrt((x - centre[0]) ** 2 + (y - centre[1] - radius - 5) ** 2) < 3) & inside] = 1
+    return label
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> None:
+    nib.save(nib.Nifti1Image(data, make_affine() if affine is None else affine), str(path))
+
+
+def write_patient(
+    split_dir: Path, number: int, group: str = "NOR", ed: int = 1, es: int = 9, labels: bool = True,
+    seed: int = 0, shape=SHAPE,
+) -> Path:
+    """Write ``split_dir/patientNNN`` with Info.cfg, ED/ES frames and (optionally) their ``_gt`` labels."""
+    subject = f"patient{number:03d}"
+    directory = split_dir / subject
+    directory.mkdir(parents=True)
+    (directory / "Info.cfg").write_text(
+        f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 180.0\nNbFrame: 30\nWeight: 80.0\n"
+    )
+    rng = np.random.default_rng(seed)
+    for frame, radius in ((ed, 5.0), (es, 3.5)):
+        label = heart_label(shape, radius=radius)
+        image = (100.0 * (label == 3) + 40.0 * (label > 0) + rng.normal(20.0, 5.0, shape)).astype(np.float32)
+        save_nifti(directory / f"{subject}_frame{frame:02d}.nii.gz", image)
+        if labels:
+            save_nifti(directory / f"{subject}_frame{frame:02d}_gt.nii.gz", label)
+    return directory
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """``root/training/{patient001, patient002 (no _gt)}`` + stray ``training/patient001.Info.cfg`` FILE +
+    ``root/testing/patient101``."""
+    root = tmp_path / "acdc"
+    write_patient(root / "training", 1, group="DCM", ed=1, es=12)
+    write_patient(root / "training", 2, group="RV", ed=2, es=10, labels=False)
+    (root / "training" / "patient001.Info.cfg").write_text("ED: 1\nES: 12\nGroup: DCM\n")
+    write_patient(root / "testing", 101, group="MINF", ed=1, es=8)
+    return root
+
+
+def test_finds_subjects_in_split_layout_ignoring_stray_file(tree: Path) -> None:
+    infos = find_subjects(tree)
+    assert [i.subject for i in infos] == ["patient001", "patient002", "patient101"]
+    assert [i.split for i in infos] == ["training", "training", "testing"]
+    p1, p2, p101 = infos
+    assert (p1.group, p1.ed_frame, p1.es_frame, p1.group_index) == ("DCM", 1, 12, 1)
+    assert (p1.height, p1.weight, p1.nb_frame) == (180.0, 80.0, 30)
+    assert p1.ed_image.name == "patient001_frame01.nii.gz" and p1.es_label.name == "patient001_frame12_gt.nii.gz"
+    assert p2.ed_image.name == "patient002_frame02.nii.gz"
+    assert p2.ed_label is None and p2.es_label is None
+    assert p101.group == "MINF"
+    assert [i.subject for i in find_subjects(tree, split="testing")] == ["patient101"]
+    assert [i.subject for i in find_subjects(tree, split="training")] == ["patient001", "patient002"]
+
+
+def test_database_layout_and_direct_layouts(tmp_path: Path) -> None:
+    root = tmp_path / "zip"
+    write_patient(root / "database" / "testing", 120, group="HCM")
+    write_patient(root / "database" / "training", 7)
+    found = [(i.subject, i.split) for i in find_subjects(root)]
+    assert found == [("patient007", "training"), ("patient120", "testing")]
+    # A split folder itself, and a folder holding patient folders directly.
+    assert [(i.subject, i.split) for i in find_subjects(root / "database" / "testing")] == [("patient120", "testing")]
+    flat = tmp_path / "flat"
+    write_patient(flat, 3)
+    assert [(i.subject, i.split) for i in find_subjects(flat)] == [("patient003", "")]
+
+
+def test_missing_root_empty_tree_and_bad_split(tmp_path: Path) -> None:
+    with pytest.raises(ACDCError, match="not found"):
+        find_subjects(tmp_path / "nowhere")
+    (tmp_path / "empty" / "training").mkdir(parents=True)
+    with pytest.raises(ACDCError, match="no .*patient folders"):
+        find_subjects(tmp_path / "empty")
+    with pytest.raises(ACDCError, match="unknown split"):
+        patient_directories(tmp_path, split="validation")
+
+
+def test_load_subject_values_and_missing_labels(tree: Path) -> None:
+    p1, p2, _ = find_subjects(tree)
+    subject = load_subject(p1)
+    assert subject.ed_image.dtype == np.float32 and subject.ed_image.shape == SHAPE
+    assert subject.ed_label.dtype == np.uint8
+    np.testing.assert_array_equal(subject.ed_label, heart_label(radius=5.0))
+    np.testing.assert_array_equal(subject.es_label, heart_label(radius=3.5))
+    written = nib.load(str(p1.es_image)).get_fdata()
+    np.testing.assert_allclose(subject.es_image, written, rtol=1e-6)
+    np.testing.assert_allclose(subject.affine, make_affine())
+    np.testing.assert_allclose(subject.spacing, SPACING, rtol=1e-6)
+    unlabelled = load_subject(p2)
+    assert unlabelled.ed_label is None and unlabelled.es_label is None and unlabelled.es_image.shape == SHAPE
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ED: 1\nES 12\nGroup: NOR\n", r"line 2 is not 'Key: value'"),
+        ("ED: 1\nES: 12\nGroup: XYZ\n", r"unknown group 'XYZ'"),
+        ("ED: 1\nGroup: NOR\n", r"missing 'ES:'"),
+        ("ED: one\nES: 12\nGroup: NOR\n", r"ED must be an integer"),
+        ("ED: 0\nES: 12\nGroup: NOR\n", r"ED frame must be >= 1"),
+    ],
+)
+def test_read_info_cfg_errors_name_the_file(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "patient042" / "Info.cfg"
+    cfg.parent.mkdir()
+    cfg.write_text(text)
+    with pytest.raises(ACDCError, match=message) as err:
+        read_info_cfg(cfg)
+    assert str(cfg) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_read_info_cfg_types(tmp_path: Path) -> None:
+    cfg = tmp_path / "Info.cfg"
+    cfg.write_text("ED: 1\nES: 12\n\nGroup: HCM\nHeight: 184.5\nNbFrame: 30\nWeight: 95.0\nExtra: thing\n")
+    assert read_info_cfg(cfg) == {
+        "ED": 1, "ES": 12, "Group": "HCM", "Height": 184.5, "NbFrame": 30, "Weight": 95.0, "Extra": "thing"
+    }
+
+
+def _break_truncate(directory: Path) -> Path:
+    path = directory / "patient005_frame09.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _break_shape(directory: Path) -> Path:
+    path = directory / "patient005_frame01_gt.nii.gz"
+    save_nifti(path, np.zeros((SHAPE[0], SHAPE[1], SHAPE[2] + 1), np.uint8))
+    return path
+
+
+def _break_label_values(directory: Path) -> Path:
+    path = directory / "patient005_frame09_gt.nii.gz"
+    label = heart_label()
+    label[0, 0, 0] = 7
+    save_nifti(path, label)
+    return path
+
+
+def _break_missing_frame(directory: Path) -> Path:
+    path = directory / "patient005_frame01.nii.gz"
+    path.unlink()
+    return path
+
+
+def _break_nan(directory: Path) -> Path:
+    path = directory / "patient005_frame01.nii.gz"
+    image = np.ones(SHAPE, np.float32)
+    image[3, 4, 2] = np.nan
+    save_nifti(path, image)
+    return path
+
+
+def _break_not_gzip(directory: Path) -> Path:
+    path = directory / "patient005_frame01.nii.gz"
+    path.write_bytes(b"this is not a NIfTI file at all")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("breaker", "message"),
+    [
+        (_break_truncate, "corrupt"),
+        (_break_not_gzip, "corrupt"),
+        (_break_shape, "does not match"),
+        (_break_label_values, r"label values must be in \{0,1,2,3\}, found \[7.0\]"),
+        (_break_missing_frame, "file not found"),
+        (_break_nan, "NaN"),
+    ],
+)
+def test_broken_files_raise_naming_the_file(tmp_path: Path, breaker, message: str) -> None:
+    directory = write_patient(tmp_path / "training", 5, ed=1, es=9)
+    bad_path = breaker(directory)
+    (info,) = find_subjects(tmp_path)
+    with pytest.raises(ACDCError, match=message) as err:
+        load_subject(info)
+    assert bad_path.name in str(err.value)
+
+
+def test_load_cohort_skips_bad_subjects_with_warning(tree: Path) -> None:
+    (tree / "training" / "patient002" / "Info.cfg").write_text("ED: 2\nES: 10\nGroup: ABC\n")
+    _break_truncate(write_patient(tree / "training", 5, ed=1, es=9))
+    with pytest.warns(UserWarning) as record:
+        subjects = list(load_cohort(tree))
+    assert [s.info.subject for s in subjects] == ["patient001", "patient101"]
+    messages = " ".join(str(w.message) for w in record)
+    assert "patient002" in messages and "unknown group" in messages
+    assert "patient005" in messages and "patient005_frame09.nii.gz" in messages
+    with pytest.raises(ACDCError, match="patient002"):
+        list(load_cohort(tree, skip_bad=False))
+    with pytest.raises(ACDCError, match="unknown group"):
+        find_subjects(tree)
+    with pytest.warns(UserWarning, match="patient002"):
+        assert [i.subject for i in find_subjects(tree, skip_bad=True)] == ["patient001", "patient005", "patient101"]
+
+
+def test_load_nifti_shapes_and_4d_hint(tmp_path: Path) -> None:
+    cine = tmp_path / "cine.nii.gz"
+    save_nifti(cine, np.zeros(SHAPE + (30,), np.float32))
+    with pytest.raises(ACDCError, match=r"4-D \(X,Y,Z,T\)=\(24, 28, 6, 30\); pick one frame.*slicer") as err:
+        load_nifti(cine)
+    assert "cine.nii.gz" in str(err.value)
+    single = tmp_path / "single.nii"
+    save_nifti(single, np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE + (1,)))
+    data, affine, spacing = load_nifti(single)
+    assert data.shape == SHAPE and data[1, 0, 0] == SHAPE[1] * SHAPE[2]
+    np.testing.assert_allclose(spacing, SPACING, rtol=1e-6)
+    flat = tmp_path / "flat.nii.gz"
+    save_nifti(flat, np.zeros((10, 12), np.float32))
+    with pytest.raises(ACDCError, match=r"flat.nii.gz: expected a 3-D volume"):
+        load_nifti(flat)
+
+
+def test_gzip_payload_that_is_not_nifti(tmp_path: Path) -> None:
+    path = tmp_path / "junk.nii.gz"
+    with gzip.open(path, "wb") as handle:
+        handle.write(b"\x00" * 400)
+    with pytest.raises(ACDCError, match="junk.nii.gz: unreadable or corrupt NIfTI"):
+        load_nifti(path)

@@ -1,0 +1,278 @@
+"""cvae.latent: cohort table + cache, sampling, walks, transport, warped-label measures, uncertainty, `cvae embed`."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cvae.latent as latent
+from cvae.checkpoint import save_checkpoint
+from cvae.clinical import MEASURE_UNITS
+from cvae.data.dataset import PairDataset
+from cvae.data.labels import GROUPS
+from cvae.fields import warp
+from cvae.model import CVAERegistration, ModelConfig
+from test_acdc import write_patient
+
+SIZE = (24, 24, 8)
+SPACING = (2.0, 2.0, 6.0)
+D = 3
+
+
+def tiny_model(seed: int = 0, latent_dim: int = D) -> CVAERegistration:
+    """A small random model whose decoder makes deformations of about a voxel that depend clearly on ``z``.
+
+    (At initialisation the decoder's up-sampling path damps the code's signal ~1000-fold relative to the image
+    channels concatenated at each scale; a large fully connected layer restores the code's influence.)
+    """
+    torch.manual_seed(seed)
+    model = CVAERegistration(ModelConfig(image_size=SIZE, latent_dim=latent_dim, encoder_channels=(4, 4, 4, 2),
+                                         decoder_channels=(4, 4, 4), head_channels=4, kernel_smooth=7))
+    with torch.no_grad():
+        model.decoder.fc.weight.normal_(std=100.0)
+        model.decoder.velocity.weight.normal_(std=1.5)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CVAE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """Four training subjects (patient004 without labels) and one test subject."""
+    root = tmp_path / "acdc"
+    for number, group in ((1, "DCM"), (2, "HCM"), (3, "NOR")):
+        write_patient(root / "training", number, group=group, seed=number)
+    write_patient(root / "training", 4, group="RV", labels=False, seed=4)
+    write_patient(root / "testing", 101, group="MINF", seed=5)
+    return root
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    return save_checkpoint(tmp_path / "ckpt", tiny_model(), spacing=SPACING)
+
+
+@pytest.fixture
+def pair(root: Path):
+    return PairDataset(root, "training", size=SIZE, spacing=SPACING).pair(0)
+
+
+class CountingEncode:
+    """Wraps ``CVAERegistration.encode`` to count calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        original = CVAERegistration.encode
+
+        def encode(model, fixed, moving):
+            self.calls += 1
+            return original(model, fixed, moving)
+
+        monkeypatch.setattr(CVAERegistration, "encode", encode)
+
+
+def test_encode_cohort_columns_codes_and_measures(root: Path, checkpoint: Path) -> None:
+    table = latent.encode_cohort(checkpoint, root, split="training", device="cpu", batch_size=3)
+    assert list(table.columns) == (["subject", "group", "split", "mu_1", "mu_2", "mu_3", "sigma_1", "sigma_2",
+                                    "sigma_3"] + list(MEASURE_UNITS))
+    assert table["subject"].tolist() == ["patient001", "patient002", "patient003", "patient004"]
+    assert table["group"].tolist() == ["DCM", "HCM", "NOR", "RV"] and set(table["split"]) == {"training"}
+    # The codes are the model's posterior for each (ES, ED) pair.
+    model = tiny_model()
+    data = PairDataset(root, "training", size=SIZE, spacing=SPACING)
+    with torch.no_grad():
+        mu, logvar = model.encode(data[1]["fixed"][None], data[1]["moving"][None])
+    np.testing.assert_allclose(table.loc[1, ["mu_1", "mu_2", "mu_3"]].to_numpy(float), mu[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(table.loc[1, ["sigma_1", "sigma_2", "sigma_3"]].to_numpy(float),
+                               torch.exp(0.5 * logvar[0]).numpy(), rtol=1e-5)
+    # Labelled phantoms: ED cavity radius 5 voxels, ES 3.5, so LVEF ~ 1 - 3.5^2 / 5^2 = 51 %; Info.cfg gives BSA.
+    labelled = table.iloc[:3]
+    assert (labelled["LVEDV"] > labelled["LVESV"]).all() and labelled["LVEF"].between(35, 65).all()
+    assert np.allclose(labelled["BSA"], np.sqrt(180 * 80 / 3600))
+    assert table.loc[3, ["LVEDV", "LVESV", "LVEF", "RVEF", "LVM"]].isna().all()
+    assert np.isfinite(table.loc[3, ["mu_1", "sigma_1"]].to_numpy(float)).all()
+
+
+def test_encode_cohort_reads_its_cache(root: Path, checkpoint: Path, cache: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = CountingEncode(monkeypatch)
+    first = latent.encode_cohort(checkpoint, root, split="training", device="cpu")
+    assert counter.calls == 1 and len(list((cache / "latent").glob("*.csv"))) == 1
+    monkeypatch.setattr(latent, "load_checkpoint", lambda *a, **k: pytest.fail("model loaded despite the cache"))
+    again = latent.encode_cohort(checkpoint, root, split="training")
+    assert counter.calls == 1
+    pd.testing.assert_frame_equal(again, first, check_exact=False, rtol=1e-12)
+    # Another split, or new weights in the same folder, is another table.
+    monkeypatch.undo()
+    counter = CountingEncode(monkeypatch)
+    assert latent.encode_cohort(checkpoint, root, split="testing", device="cpu")["subject"].tolist() == [
+        "patient101"]
+    save_checkpoint(checkpoint, tiny_model(seed=1), spacing=SPACING)
+    changed = latent.encode_cohort(checkpoint, root, split="training", device="cpu")
+    assert counter.calls == 2 and not np.allclose(changed["mu_1"], first["mu_1"])
+    # An in-memory model is keyed by its weights: the same model hits its own cache.
+    model = tiny_model(seed=2)
+    latent.encode_cohort(model, root, split="training", spacing=SPACING)
+    latent.encode_cohort(model, root, split="training", spacing=SPACING)
+    assert counter.calls == 3
+
+
+def test_cached_table_of_another_latent_size_is_recomputed(root: Path, checkpoint: Path, cache: Path) -> None:
+    latent.encode_cohort(checkpoint, root, split="training", device="cpu")
+    (path,) = (cache / "latent").glob("*.csv")
+    pd.read_csv(path).drop(columns=["mu_3", "sigma_3"]).to_csv(path, index=False)
+    with pytest.warns(UserWarning, match="has 2-D codes but the checkpoint has 3-D: recomputing"):
+        table = latent.encode_cohort(checkpoint, root, split="training", device="cpu")
+    assert latent.latent_dim_of(table) == 3 and latent.latent_dim_of(pd.read_csv(path)) == 3
+    with pytest.raises(ValueError, match="table has 3-D codes but the model has a 5-D latent space"):
+        latent.check_table(table, 5)
+    with pytest.raises(ValueError, match="no latent code columns"):
+        latent.check_table(table.drop(columns=["mu_2"]))
+
+
+def test_sample_walk_and_transport(pair) -> None:
+    model = tiny_model()
+    moving = torch.from_numpy(pair.moving)
+    a = latent.sample(model, pair.moving, 5, temperature=2.0, seed=3, chunk=2)
+    assert a.warped.shape == (5, 1, *SIZE) and a.displacement.shape == (5, 3, *SIZE) and a.mu.shape == (5, D)
+    assert a.jacobian.shape == (5, *SIZE)
+    torch.testing.assert_close(a.mu, 2.0 * torch.randn(5, D, generator=torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(latent.sample(model, moving, 5, temperature=2.0, seed=3).displacement,
+                               a.displacement)
+    assert not torch.allclose(latent.sample(model, moving, 5, temperature=2.0, seed=4).displacement,
+                              a.displacement)
+    # Different codes give different deformations (the model is not degenerate), chunking is invisible.
+    assert a.displacement.abs().max() > 0.5 and (a.displacement[0] - a.displacement[1]).abs().max() > 0.1
+
+    z0 = torch.tensor([0.3, -0.2, 0.5])
+    values = [-1.0, 0.5, -0.2, 2.0]
+    frames = latent.walk(model, moving, z0, dim=1, values=values, chunk=3)
+    assert frames.warped.shape == (4, 1, *SIZE)
+    assert frames.mu[:, 1].tolist() == pytest.approx(values) and torch.equal(frames.mu[:, 0], torch.full((4,), 0.3))
+    with torch.no_grad():
+        at_z0 = model.decode(z0[None], moving[None, None])
+    torch.testing.assert_close(frames.displacement[2], at_z0.displacement[0])
+    torch.testing.assert_close(frames.warped[2], at_z0.warped[0])
+
+    moved = latent.transport(model, z0.numpy(), pair.moving)
+    assert moved.warped.shape == (1, 1, *SIZE)
+    torch.testing.assert_close(moved.displacement, at_z0.displacement)
+
+
+def test_transport_of_own_code_reproduces_registration(pair) -> None:
+    model = tiny_model()
+    fixed, moving = (torch.from_numpy(a)[None, None] for a in (pair.fixed, pair.moving))
+    with torch.no_grad():
+        registered = model.register(fixed, moving)
+    own = latent.transport(model, registered.mu[0], pair.moving)
+    torch.testing.assert_close(own.warped, registered.warped)
+    assert (own.warped - moving).abs().max() > 1e-3  # a real deformation, not the identity
+
+
+def test_warped_label_measures(pair) -> None:
+    model = tiny_model()
+    z = latent.prior_codes(model, 3, temperature=2.0, seed=0)
+    table = latent.warped_label_measures(model, z, pair.moving, pair.moving_label, pair.spacing, chunk=2)
+    assert list(table.columns) == ["LVEDV", "LVESV", "LVEF", "RVEDV", "RVESV", "RVEF", "negative_jacobian"]
+    voxel_ml = np.prod(pair.spacing) / 1000
+    assert np.allclose(table["LVEDV"], (pair.moving_label == 3).sum() * voxel_ml)
+    result = latent.decode_codes(model, z, pair.moving)
+    label = torch.from_numpy(pair.moving_label.astype(np.float32))[None, None]
+    es = warp(label, result.displacement, mode="nearest")
+    np.testing.assert_allclose(table["LVESV"], (es == 3).sum(dim=(1, 2, 3, 4)).numpy() * voxel_ml)
+    np.testing.assert_allclose(table["LVEF"], 100 * (1 - table["LVESV"] / table["LVEDV"]))
+    assert table["LVESV"].nunique() > 1  # the codes change the simulated ES
+    np.testing.assert_allclose(table["negative_jacobian"],
+                               (result.jacobian <= 0).float().mean(dim=(1, 2, 3)).numpy())
+
+
+def test_uncertainty(pair) -> None:
+    model = tiny_model()
+    std = latent.uncertainty(model, pair.fixed, pair.moving, k=5, seed=0, spacing=pair.spacing, chunk=2)
+    assert std.shape == SIZE and (std >= 0).all() and std.max() > 0
+    per_axis = latent.uncertainty(model, pair.fixed, pair.moving, k=5, seed=0, spacing=pair.spacing, per_axis=True)
+    assert per_axis.shape == (3, *SIZE)
+    torch.testing.assert_close(per_axis.pow(2).sum(dim=0).sqrt(), std)
+    # Direct check of one voxel against the k decoded samples (mm, unbiased).
+    fixed, moving = (torch.from_numpy(a)[None, None] for a in (pair.fixed, pair.moving))
+    with torch.no_grad():
+        mu, logvar = model.encode(fixed, moving)
+        z = mu + torch.randn(5, D, generator=torch.Generator().manual_seed(0)) * torch.exp(0.5 * logvar)
+        u = model.decode(z, moving).displacement[:, :, 12, 12, 4].double()
+    expected = (u * torch.tensor(SPACING, dtype=torch.float64)).std(dim=0)
+    torch.testing.assert_close(per_axis[:, 12, 12, 4].double(), expected, rtol=1e-4, atol=1e-7)
+    # A posterior with logvar -> -inf has no spread: exactly zero.
+    with torch.no_grad():
+        model.encoder.logvar.weight.zero_()
+        model.encoder.logvar.bias.fill_(-1e4)
+    # (Identical codes decoded in batches of different sizes differ by float32 rounding only.)
+    flat = latent.uncertainty(model, pair.fixed, pair.moving, k=6, seed=1, spacing=pair.spacing, chunk=4)
+    assert flat.shape == SIZE and flat.max() < 1e-5 * std.max()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, p: latent.sample(m, p.moving, 0), "n must be >= 1"),
+    (lambda m, p: latent.sample(m, p.moving, 2, temperature=-1), "temperature"),
+    (lambda m, p: latent.walk(m, p.moving, np.zeros(D), dim=D, values=[0.0]), r"dim must be a 0-based latent axis"),
+    (lambda m, p: latent.walk(m, p.moving, np.zeros(D), dim=0, values=[]), "values must be"),
+    (lambda m, p: latent.transport(m, np.zeros(D + 1), p.moving), r"codes must have shape \(3,\)"),
+    (lambda m, p: latent.transport(m, np.zeros(D), p.moving[:8]), "preprocess"),
+    (lambda m, p: latent.uncertainty(m, p.fixed, p.moving, k=1), "k must be >= 2"),
+    (lambda m, p: latent.decode_codes(m, np.zeros(D), p.moving, chunk=0), "chunk"),
+    (lambda m, p: latent.decode_codes(m, np.zeros((0, D)), p.moving), "B >= 1"),
+])
+def test_bad_input_is_a_value_error(pair, call, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(tiny_model(), pair)
+
+
+def test_cli_embed(root: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "codes.csv"
+    assert latent.main(["--data", str(root), "--checkpoint", str(checkpoint), "--out", str(out), "--split",
+                        "training", "--device", "cpu"]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == 4 and latent.latent_dim_of(table) == D
+    assert "wrote 4 subjects x 3-D codes" in capsys.readouterr().out
+    assert latent.main(["--data", str(tmp_path / "nowhere"), "--checkpoint", str(checkpoint), "--out",
+                        str(out)]) == 2
+    assert latent.main(["--data", str(root), "--checkpoint", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert latent.main(["--data", str(root), "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cvae embed:")]
+    assert len(errors) == 3 and all(line.startswith("cvae embed: error: ") for line in errors)
+    assert "data folder not found" in errors[0] and "not found" in errors[1] and "is a directory" in errors[2]
+
+
+def test_latent_claims_benchmark_runs_end_to_end(tmp_path: Path, checkpoint: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "latent_claims", Path(__file__).resolve().parent.parent / "benchmarks" / "latent_claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    root = tmp_path / "cohort"
+    for number in range(1, 11):  # two labelled phantoms per group
+        write_patient(root / "testing", number, group=GROUPS[number % 5], seed=number)
+    args = ["--data", str(root), "--checkpoint", str(checkpoint), "--sources-per-group", "2", "--targets-per-group",
+            "1", "--samples", "2", "--permutations", "3", "--device", "cpu", "--out", str(tmp_path / "claims.md")]
+    with pytest.warns(UserWarning, match="reduced cross-validation from 10 to 2 folds"):
+        assert claims.main(args) == 0
+    text = capsys.readouterr().out
+    assert text.strip() == (tmp_path / "claims.md").read_text().strip()
+    for heading in ("### Disease classification", "### Transport of deformation codes", "### Sampling from the prior",
+                    "| DCM -> NOR gives LVEF < 40 % | ", "| NOR -> NOR keeps LVEF > 50 % | "):
+        assert heading in text
+    # 10 sources x 5 targets - 5 self pairs; DCM -> NOR: 2 pairs, NOR -> NOR: the other NOR source only.
+    assert "45 pairs, self pairs left out" in text and "(10 deformations)" in text
+    assert re.search(r"DCM -> NOR gives LVEF < 40 % \| \d / 2 ", text)
+    assert re.search(r"NOR -> NOR keeps LVEF > 50 % \| \d / 1 ", text)
+    assert "own code (registration)" in text and "5 targets" in text
+    assert claims.main(["--data", str(tmp_path / "nowhere"), "--checkpoint", str(checkpoint)]) == 2
