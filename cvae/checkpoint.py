@@ -22,8 +22,8 @@ from . import __version__
 from .device import resolve_device
 from .model import CVAERegistration, ModelConfig
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "resolve_checkpoint",
-           "read_config", "CHECKPOINT_DIRS", "FORMAT"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "load_weights",
+           "load_training_state", "resolve_checkpoint", "read_config", "CHECKPOINT_DIRS", "FORMAT"]
 
 FORMAT = "cvae-reg checkpoint"
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -55,8 +55,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
                           f"{MODEL_FILE}, or one of the shipped names {known}")
 
 
-def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``config.json`` of a checkpoint folder (checked for format and a model section)."""
+def read_config(folder: str | os.PathLike, fmt: str = FORMAT) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint folder, checked for its ``format`` (``fmt``) and a model section."""
     path = resolve_checkpoint(folder) / CONFIG_FILE
     try:
         config = json.loads(path.read_text())
@@ -64,8 +64,8 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is missing: a checkpoint folder needs {CONFIG_FILE} and {MODEL_FILE}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc.__class__.__name__}): the file is corrupt") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
-        raise CheckpointError(f"{path} is not a cvae-reg checkpoint config (needs format={FORMAT!r} and 'model')")
+    if not isinstance(config, dict) or config.get("format") != fmt or "model" not in config:
+        raise CheckpointError(f"{path} is not a {fmt!r} config (needs format={fmt!r} and 'model')")
     return config
 
 
@@ -110,12 +110,18 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(folder: str | os.PathLike, model: CVAERegistration, *, spacing=(1.5, 1.5, 3.15),
+def save_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, *, spacing=(1.5, 1.5, 3.15),
                     training: dict | None = None, metrics: dict | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, trainer: dict | None = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` (and the optimizer and trainer state when given) atomically."""
+                    optimizer: torch.optim.Optimizer | None = None, trainer: dict | None = None,
+                    extra_files: dict[str, str] | None = None, fmt: str = FORMAT) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (and the optimizer and trainer state, and ``extra_files``
+    name -> text such as a ``README.md`` model card, when given) atomically.
+
+    ``model`` has a ``config`` with ``to_dict()``; ``fmt`` names the kind of checkpoint (another model, such as the
+    VoxelMorph baseline, uses its own).
+    """
     folder = Path(folder)
-    config = {"format": FORMAT, "version": __version__, "model": model.config.to_dict(),
+    config = {"format": fmt, "version": __version__, "model": model.config.to_dict(),
               "spacing": [float(s) for s in spacing], "training": training or {}, "metrics": metrics or {}}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -126,6 +132,8 @@ def save_checkpoint(folder: str | os.PathLike, model: CVAERegistration, *, spaci
             tensors, meta = _flatten_optimizer(optimizer.state_dict())
             save_file(tensors, str(tmp / OPTIMIZER_FILE))
             (tmp / TRAINER_FILE).write_text(json.dumps({"optimizer": meta, **(trainer or {})}, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
 
     _write_atomic_folder(folder, write)
     return folder
@@ -140,15 +148,9 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from None
 
 
-def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device = "auto"
-                    ) -> tuple[CVAERegistration, dict[str, Any]]:
-    """Build the model of a checkpoint and load its weights; returns ``(model in eval mode, config)``."""
-    folder = resolve_checkpoint(name_or_path)
-    config = read_config(folder)
-    try:
-        model = CVAERegistration(ModelConfig.from_dict(config["model"]))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: model section does not match this code ({exc})") from None
+def load_weights(model: torch.nn.Module, folder: str | os.PathLike) -> torch.nn.Module:
+    """Load ``<folder>/model.safetensors`` into ``model`` after checking every key and shape (one-line errors)."""
+    folder = resolve_checkpoint(folder)
     weights = _load_tensors(folder / MODEL_FILE)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
@@ -160,6 +162,19 @@ def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device 
             raise CheckpointError(f"{folder / MODEL_FILE}: {key} has shape {tuple(weights[key].shape)}, the config "
                                   f"implies {tuple(tensor.shape)}")
     model.load_state_dict(weights)
+    return model
+
+
+def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device = "auto"
+                    ) -> tuple[CVAERegistration, dict[str, Any]]:
+    """Build the model of a checkpoint and load its weights; returns ``(model in eval mode, config)``."""
+    folder = resolve_checkpoint(name_or_path)
+    config = read_config(folder)
+    try:
+        model = CVAERegistration(ModelConfig.from_dict(config["model"]))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: model section does not match this code ({exc})") from None
+    load_weights(model, folder)
     return model.to(resolve_device(device)).eval(), config
 
 

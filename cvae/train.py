@@ -78,14 +78,14 @@ class TrainConfig:
                                       "n_steps": self.n_steps, **self.model_overrides})
 
 
-class _StopFlag:
+class StopFlag:
     """Turns SIGTERM and a first Ctrl-C into a request to save and stop after the current step."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> "StopFlag":
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -100,12 +100,12 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _collate(items: list[dict]) -> dict[str, Any]:
+def collate(items: list[dict]) -> dict[str, Any]:
     keys = [k for k in items[0] if isinstance(items[0][k], torch.Tensor) and all(k in it for it in items)]
     return {k: torch.stack([it[k] for it in items]) for k in keys}
 
 
-def _rewind_log(path: Path, step: int) -> None:
+def rewind_log(path: Path, step: int) -> None:
     """Drop log lines written after ``step`` (by a run killed after its last checkpoint)."""
     if not path.is_file():
         return
@@ -176,7 +176,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         start, best, wall = trainer["step"], trainer["best_dice"], trainer["wall_time_s"]
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _rewind_log(log_path, start)
+        rewind_log(log_path, start)
     net = DistributedDataParallel(model) if world > 1 else model
     augment = AugmentParams() if cfg.augment else None
     training_info = {**asdict(cfg), "world_size": world, "hardware": f"{platform.processor() or platform.machine()}"
@@ -191,14 +191,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
     log = open(log_path, "a") if rank == 0 else None
     step = start
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         net.train()
         while step < cfg.steps and not stop.requested:
             tic = time.perf_counter()
             epoch, position = divmod(step, per_epoch)
             sampler.set_epoch(epoch)
             order = list(sampler)[position * cfg.batch_size:(position + 1) * cfg.batch_size]
-            batch = _collate([dataset[train_idx[i]] for i in order])
+            batch = collate([dataset[train_idx[i]] for i in order])
             torch.manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
             if augment is not None:
                 gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step) * world + rank)
