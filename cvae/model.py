@@ -155,6 +155,10 @@ class RegistrationResult:
         return RegistrationResult(**moved)
 
 
+#: Initial log-variance of q(z | F, M), see :class:`Encoder`.
+LOGVAR_INIT = -6.0
+
+
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2))
 
@@ -172,6 +176,11 @@ class Encoder(nn.Module):
         flat = cin * cfg.bottleneck_size[0] * cfg.bottleneck_size[1] * cfg.bottleneck_size[2]
         self.mu = nn.Linear(flat, cfg.latent_dim)
         self.logvar = nn.Linear(flat, cfg.latent_dim)
+        # Start with a near-deterministic posterior (sigma = exp(LOGVAR_INIT / 2) = 0.05): with sigma = 1 at the
+        # start, z is mostly noise, the decoder learns to rely on M alone and the code collapses to the prior; the
+        # KL term then widens sigma only as far as the data allow.
+        nn.init.zeros_(self.logvar.weight)
+        nn.init.constant_(self.logvar.bias, LOGVAR_INIT)
 
     def forward(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(pair).flatten(1)
