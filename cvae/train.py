@@ -69,7 +69,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0                       # torch intra-op threads; 0 = torch's default
     cache_dir: str | None = None           # preprocessed-volume cache (default ~/.cache/cvae-reg)
-    resume: bool = False                   # continue from <out>/last
+    resume: bool = False                   # continue from <out>/last (lr and weight_decay from this config)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict({**ModelConfig().to_dict(), "image_size": self.image_size,
@@ -173,6 +173,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         model.load_state_dict(resumed.state_dict())
         opt_state, trainer = load_training_state(out / "last")
         optimizer.load_state_dict(opt_state)
+        for group in optimizer.param_groups:  # the command line may continue with a new learning rate
+            group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
         start, best, wall = trainer["step"], trainer["best_dice"], trainer["wall_time_s"]
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
