@@ -1,0 +1,169 @@
+"""`cvae evaluate` end to end on the tiny cohort: tables, identity = unregistered scores, summary, figures."""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cvae.baselines import MethodResult
+from cvae.checkpoint import save_checkpoint
+from cvae.data.dataset import PairDataset
+from cvae.data.labels import STRUCTURES
+from cvae.evaluate import (CASE_COLUMNS, MEAN_STRUCTURE, evaluate_pair, evaluation_grid, main, summarise,
+                           summary_markdown)
+from cvae.evaluate_figures import box_plot
+from cvae.metrics import dice, hd95
+from cvae.model import CVAERegistration, ModelConfig
+
+from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", CVAERegistration(ModelConfig(**TINY_MODEL)),
+                           spacing=TINY_SPACING)
+
+
+@pytest.fixture(scope="module")
+def run(tiny_cohort, tiny_cache, checkpoint, tmp_path_factory) -> tuple[Path, int, str]:
+    out = tmp_path_factory.mktemp("results")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["--data", str(tiny_cohort), "--split", "testing", "--methods", "identity,demons,cvae,voxelmorph",
+                     "--out", str(out), "--limit", "2", "--checkpoint", str(checkpoint), "--voxelmorph-checkpoint",
+                     str(out / "no-voxelmorph-here"), "--device", "cpu", "--cache", str(tiny_cache)])
+    return out, code, err.getvalue()
+
+
+def test_cases_table_has_one_row_per_case_method_structure(run):
+    out, code, err = run
+    assert code == 0
+    assert "skipping voxelmorph" in err  # unavailable methods are skipped with a message, not fatal
+    cases = pd.read_csv(out / "cases.csv")
+    assert list(cases.columns) == list(CASE_COLUMNS)
+    assert len(cases) == 2 * 3 * len(STRUCTURES)
+    assert set(cases["method"]) == {"identity", "demons", "cvae"}
+    assert cases.groupby(["subject", "method"]).size().eq(len(STRUCTURES)).all()
+    assert (cases["seconds"] > 0).all() and cases["dice"].between(0, 1).all()
+
+
+def test_identity_scores_are_the_unregistered_scores(run, tiny_cohort, tiny_cache):
+    out, _, _ = run
+    cases = pd.read_csv(out / "cases.csv")
+    identity = cases[cases["method"] == "identity"]
+    subjects = sorted(identity["subject"].unique())
+    dataset = PairDataset(tiny_cohort, "testing", TINY_SIZE, TINY_SPACING, cache_dir=tiny_cache, subjects=subjects)
+    for index, subject in enumerate(dataset.subjects):
+        pair = dataset.pair(index)
+        for structure, values in STRUCTURES.items():
+            moving, fixed = np.isin(pair.moving_label, values), np.isin(pair.fixed_label, values)
+            row = identity[(identity["subject"] == subject) & (identity["structure"] == structure)].iloc[0]
+            assert row["dice"] == pytest.approx(dice(moving, fixed), abs=1e-9)
+            if moving.any() and fixed.any():
+                assert row["hd95"] == pytest.approx(hd95(moving, fixed, TINY_SPACING), abs=1e-9)
+        rows = identity[identity["subject"] == subject]
+        assert (rows["negative_jacobian_fraction"] == 0).all() and (rows["mean_displacement_mm"] == 0).all()
+
+
+def test_demons_improves_on_identity(run):
+    out, _, _ = run
+    cases = pd.read_csv(out / "cases.csv")
+    mean_dice = cases.groupby("method")["dice"].mean()
+    assert mean_dice["demons"] > mean_dice["identity"] + 0.02
+    demons = cases[cases["method"] == "demons"]
+    assert (demons["mean_displacement_mm"] > 0.5).all()
+
+
+def test_summary_files(run):
+    out, _, _ = run
+    cases = pd.read_csv(out / "cases.csv")
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 3 * (len(STRUCTURES) + 1)
+    for method in ("identity", "demons", "cvae"):
+        rows = cases[cases["method"] == method]
+        lv = summary[(summary["method"] == method) & (summary["structure"] == "LV blood pool")].iloc[0]
+        values = rows[rows["structure"] == "LV blood pool"]["dice"]
+        assert lv["dice_mean"] == pytest.approx(values.mean()) and lv["dice_std"] == pytest.approx(values.std())
+        mean_row = summary[(summary["method"] == method) & (summary["structure"] == MEAN_STRUCTURE)].iloc[0]
+        assert mean_row["dice_mean"] == pytest.approx(rows.groupby("subject")["dice"].mean().mean())
+        assert mean_row["seconds_mean"] == pytest.approx(rows.groupby("subject")["seconds"].first().mean())
+    text = (out / "summary.md").read_text()
+    assert "## Dice (%)" in text and "| demons |" in text and MEAN_STRUCTURE in text
+    assert "metrics on the preprocessed grid (32x32x16 voxels of 6 x 6 x 6.3 mm)" in text
+    assert (out / "dice_boxplot.html").stat().st_size > 1000 and (out / "hd95_boxplot.html").is_file()
+
+
+def test_box_plot_has_one_box_trace_per_method():
+    cases = pd.DataFrame([{"method": m, "structure": s, "dice": d, "hd95": 3.0}
+                          for m, d in (("a", 0.7), ("b", 0.9)) for s in STRUCTURES])
+    figure = box_plot(cases, "dice")
+    assert [t.name for t in figure.data] == ["a", "b"]
+    assert list(figure.data[1].y) == [0.9] * len(STRUCTURES)
+    with pytest.raises(ValueError, match="metric"):
+        box_plot(cases, "rmse")
+
+
+def test_summary_handles_single_cases_and_empty_structures():
+    rows = [{"subject": "p1", "group": "NOR", "method": "m", "structure": s, "dice": math.nan if s == "RV" else 0.5,
+             "hd95": 2.0, "rmse": 0.1, "negative_jacobian_fraction": 0.01, "mean_displacement_mm": 1.0,
+             "mean_gradient_norm": 0.1, "seconds": 0.2} for s in STRUCTURES]
+    summary = summarise(pd.DataFrame(rows))
+    rv = summary[summary["structure"] == "RV"].iloc[0]
+    assert rv["n"] == 0 and math.isnan(rv["dice_mean"])
+    assert summary[summary["structure"] == MEAN_STRUCTURE].iloc[0]["dice_mean"] == pytest.approx(0.5)
+    assert summary.iloc[0]["folding_percent"] == pytest.approx(1.0)
+    assert "n/a" in summary_markdown(summary)
+
+
+class _Shift:
+    """A fake method moving every voxel by one voxel along X (interface check of evaluate_pair)."""
+
+    name, image_size, spacing = "shift", None, None
+
+    def register(self, fixed, moving, spacing):
+        u = torch.zeros((1, 3, *fixed.shape[2:]))
+        u[:, 0] = 1.0
+        return MethodResult(u.numpy(), 0.5)
+
+
+def test_evaluate_pair_uses_the_method_displacement(tiny_cohort, tiny_cache):
+    dataset = PairDataset(tiny_cohort, "testing", TINY_SIZE, TINY_SPACING, cache_dir=tiny_cache)
+    pair = dataset.pair(0)
+    rows = evaluate_pair(_Shift(), pair)
+    assert [r["structure"] for r in rows] == list(STRUCTURES)
+    assert rows[0]["seconds"] == 0.5 and rows[0]["mean_displacement_mm"] == pytest.approx(TINY_SPACING[0])
+    shifted = np.concatenate([pair.moving_label[1:], pair.moving_label[-1:]], axis=0)  # M(x + e_X), border kept
+    values = STRUCTURES["Whole heart"]
+    assert rows[-1]["dice"] == pytest.approx(dice(np.isin(shifted, values), np.isin(pair.fixed_label, values)))
+
+
+def test_grids_of_methods_must_agree():
+    class Net:
+        def __init__(self, size):
+            self.name, self.image_size, self.spacing = f"net{size[0]}", size, (1.5, 1.5, 3.15)
+
+    assert evaluation_grid([_Shift()]) == ((128, 128, 32), (1.5, 1.5, 3.15))
+    assert evaluation_grid([_Shift(), Net((64, 64, 16))])[0] == (64, 64, 16)
+    with pytest.raises(ValueError, match="different grids"):
+        evaluation_grid([Net((64, 64, 16)), Net((128, 128, 32))])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "cvae,snake"], "unknown method"),
+    (["--methods", "identity", "--data", "/nonexistent/cohort"], "not found"),
+    (["--methods", "voxelmorph", "--voxelmorph-checkpoint", "/nonexistent/vxm"], "none of the requested"),
+    (["--methods", "identity", "--limit", "0"], "--limit"),
+])
+def test_bad_input_exits_2(args, message, tiny_cohort, tmp_path, capsys):
+    full = ["--data", str(tiny_cohort), "--out", str(tmp_path / "r"), "--no-progress"] + args
+    assert main(full) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cvae evaluate: error:") and message in err[-1]
+    assert not (tmp_path / "r").exists()

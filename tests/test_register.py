@@ -1,0 +1,259 @@
+"""`cvae register`: outputs on the fixed grid that SimpleITK reads and reproduces, metrics, and bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy.spatial.transform import Rotation
+
+from cvae.checkpoint import CHECKPOINT_DIRS, save_checkpoint
+from cvae.data.labels import STRUCTURES
+from cvae.metrics import structure_scores
+from cvae.model import CVAERegistration, ModelConfig
+from cvae.nifti_io import NIFTI_INTENT_VECTOR, load_vector_field
+from cvae.register import main, register_files, warp_to_grid
+
+from conftest import TINY_MODEL, TINY_SPACING
+
+
+def make_affine(spacing, angles_deg, origin) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix() @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+FIXED_GRID = ((40, 44, 12), make_affine((2.5, 2.2, 8.0), (15, -8, 30), (-40.0, 25.0, -30.0)))
+MOVING_GRID = ((34, 38, 14), make_affine((3.0, 2.6, 6.5), (10, -5, 20), (-45.0, 20.0, -35.0)))
+#: The phantom's heart centre (world mm): a little off the centre of the fixed field of view.
+HEART = (FIXED_GRID[1] @ np.array([18.0, 24.0, 6.0, 1.0]))[:3]
+
+
+def phantom(affine: np.ndarray, shape, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A heart-like scene in world mm sampled on a grid: (image float32, labels uint8 0-3).
+
+    LV cavity (3) inside a myocardium shell (2), an RV cavity (1) beside it, on a smooth textured background.
+    ``scale`` < 1 contracts the cavities (an ES-like frame).
+    """
+    index = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    x, y, z = affine[:3, :3] @ index + affine[:3, 3:4]
+    centre = HEART
+    r_lv = np.sqrt(((x - centre[0]) / (14 * scale)) ** 2 + ((y - centre[1]) / (13 * scale)) ** 2
+                   + ((z - centre[2]) / 30) ** 2)
+    r_epi = np.sqrt(((x - centre[0]) / 22) ** 2 + ((y - centre[1]) / 21) ** 2 + ((z - centre[2]) / 36) ** 2)
+    r_rv = np.sqrt(((x - centre[0] + 28) / (10 * scale)) ** 2 + ((y - centre[1] - 6) / 16) ** 2
+                   + ((z - centre[2]) / 28) ** 2)
+    labels = np.zeros(x.shape, dtype=np.uint8)
+    labels[r_epi < 1] = 2
+    labels[r_lv < 1] = 3
+    labels[(r_rv < 1) & (r_epi >= 1)] = 1
+    image = 0.2 + 0.05 * np.sin(x / 9.0) * np.cos(y / 11.0) + 0.02 * np.sin(z / 13.0)
+    image = np.where(labels == 2, 0.35, image)
+    image = np.where((labels == 3) | (labels == 1), 1.0, image)
+    return (300 * image).reshape(shape).astype(np.float32), labels.reshape(shape)
+
+
+def write(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def nifti_pair(tmp_path_factory) -> dict[str, Path]:
+    """ES (fixed) and ED (moving) images and labels, each on its own rotated, anisotropic, offset grid."""
+    root = tmp_path_factory.mktemp("pair")
+    (fshape, faff), (mshape, maff) = FIXED_GRID, MOVING_GRID
+    fixed, fixed_seg = phantom(faff, fshape, 0.75)
+    moving, moving_seg = phantom(maff, mshape, 1.0)
+    return {"fixed": write(root / "fixed.nii.gz", fixed, faff), "moving": write(root / "moving.nii.gz", moving, maff),
+            "fixed_seg": write(root / "fixed_seg.nii.gz", fixed_seg, faff),
+            "moving_seg": write(root / "moving_seg.nii.gz", moving_seg, maff)}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small random model whose velocity head is scaled up so that it predicts a smooth field of a few voxels."""
+    torch.manual_seed(0)
+    model = CVAERegistration(ModelConfig(**TINY_MODEL))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.decoder.velocity.weight, std=0.3)
+        model.decoder.velocity.bias.copy_(torch.tensor([1.2, -0.8, 0.5]))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, spacing=TINY_SPACING)
+
+
+@pytest.fixture(scope="module")
+def outputs(nifti_pair, checkpoint, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run") / "result"
+    metrics = register_files(nifti_pair["fixed"], nifti_pair["moving"], out, checkpoint,
+                             fixed_seg=nifti_pair["fixed_seg"], moving_seg=nifti_pair["moving_seg"], device="cpu")
+    return out, metrics
+
+
+def test_every_output_is_on_the_fixed_grid(outputs, nifti_pair):
+    out, metrics = outputs
+    fixed = nib.load(str(nifti_pair["fixed"]))
+    names = {"warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz", "inverse_displacement.nii.gz",
+             "velocity.nii.gz", "jacobian.nii.gz"}
+    assert set(metrics["outputs"]) == names | {"metrics.json"}
+    for name in names:
+        image = nib.load(str(out / name))
+        assert np.allclose(image.affine, fixed.affine, atol=1e-4), name
+        assert image.shape[:3] == fixed.shape, name
+    for name in ("displacement.nii.gz", "inverse_displacement.nii.gz", "velocity.nii.gz"):
+        header = nib.load(str(out / name)).header
+        assert header.get_data_shape() == (*fixed.shape, 1, 3)
+        assert int(header["intent_code"]) == NIFTI_INTENT_VECTOR
+    assert nib.load(str(out / "warped_seg.nii.gz")).get_data_dtype() == np.uint8
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_simpleitk_resampling_with_the_field_reproduces_warped(outputs, nifti_pair):
+    out, _ = outputs
+    displacement, _ = load_vector_field(out / "displacement.nii.gz")
+    norm = np.linalg.norm(displacement, axis=-1)
+    assert norm.max() > 5.0  # a real deformation of several mm, not the identity
+
+    fixed, moving = sitk.ReadImage(str(nifti_pair["fixed"])), sitk.ReadImage(str(nifti_pair["moving"]))
+    field = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    resampled = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0)).T
+    warped = nib.load(str(out / "warped.nii.gz")).get_fdata()
+    moving_data = nib.load(str(nifti_pair["moving"])).get_fdata()
+    span = moving_data.max() - moving_data.min()
+    assert np.abs(resampled - warped).mean() < 0.01 * span
+    # ... and it is not the unwarped resampling: the field matters.
+    plain = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, 0.0)).T
+    assert np.abs(plain - warped).mean() > 5 * np.abs(resampled - warped).mean()
+
+    seg = sitk.ReadImage(str(nifti_pair["moving_seg"]))
+    field = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    seg_resampled = sitk.GetArrayFromImage(sitk.Resample(seg, fixed, transform, sitk.sitkNearestNeighbor, 0)).T
+    warped_seg = np.asarray(nib.load(str(out / "warped_seg.nii.gz")).dataobj)
+    assert (seg_resampled == warped_seg).mean() > 0.99
+
+
+def test_inverse_displacement_undoes_the_displacement(outputs, nifti_pair):
+    out, _ = outputs
+    fields = [sitk.ReadImage(str(out / n)) for n in ("displacement.nii.gz", "inverse_displacement.nii.gz")]
+    forward, inverse = (sitk.DisplacementFieldTransform(sitk.Cast(f, sitk.sitkVectorFloat64)) for f in fields)
+    fixed = sitk.ReadImage(str(nifti_pair["fixed"]))
+    rng = np.random.default_rng(0)
+    size = np.asarray(fixed.GetSize())
+    errors, moves = [], []
+    for index in rng.uniform(0.3 * size, 0.7 * size, size=(200, 3)):  # central region, inside the crop
+        x = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint(index.tolist()))
+        y = np.asarray(forward.TransformPoint(x.tolist()))
+        errors.append(np.linalg.norm(np.asarray(inverse.TransformPoint(y.tolist())) - x))
+        moves.append(np.linalg.norm(y - x))
+    assert np.mean(moves) > 2.0
+    assert np.mean(errors) < 0.1 * np.mean(moves)
+
+
+def test_metrics_json(outputs, nifti_pair):
+    out, metrics = outputs
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["segmentation"] == metrics["segmentation"]
+    seg = saved["segmentation"]
+    assert list(seg["structures"]) == list(STRUCTURES)
+    # The unregistered scores are those of the moving labels resampled onto the fixed grid (no deformation).
+    fixed_img, moving_img = nib.load(str(nifti_pair["fixed_seg"])), nib.load(str(nifti_pair["moving_seg"]))
+    plain = warp_to_grid(np.asarray(moving_img.dataobj), moving_img.affine, fixed_img.affine, fixed_img.shape,
+                         order=0)
+    spacing = np.sqrt((fixed_img.affine[:3, :3] ** 2).sum(axis=0))
+    expected = structure_scores(plain, np.asarray(fixed_img.dataobj), spacing)
+    for name, values in seg["structures"].items():
+        assert values["dice_unregistered"] == pytest.approx(expected[name]["dice"])
+        assert values["hd95_mm_unregistered"] == pytest.approx(expected[name]["hd95"])
+        assert 0.0 <= values["dice"] <= 1.0 and values["hd95_mm"] >= 0.0
+    warped = np.asarray(nib.load(str(out / "warped_seg.nii.gz")).dataobj)
+    after = structure_scores(warped, np.asarray(fixed_img.dataobj), spacing)
+    assert seg["dice_mean"] == pytest.approx(np.mean([v["dice"] for v in after.values()]))
+    assert 0.0 <= saved["negative_jacobian_fraction"] < 0.05
+    assert saved["mean_displacement_mm"] > 0.5
+    assert set(saved["seconds"]) == {"preprocessing", "registration", "resampling", "writing", "total"}
+    assert 0 < saved["seconds"]["registration"] < saved["seconds"]["total"]
+
+
+def test_jacobian_matches_finite_differences_of_the_world_field(outputs):
+    """The crop grid's determinant, resampled, is that of the written field on the fixed (rotated) grid."""
+    out, _ = outputs
+    jac = nib.load(str(out / "jacobian.nii.gz")).get_fdata()
+    displacement, affine = load_vector_field(out / "displacement.nii.gz")
+    d_by_index = np.stack(np.gradient(displacement, axis=(0, 1, 2)), axis=-1)  # [..., i, j] = d d_i / d p_j
+    det = np.linalg.det(np.eye(3) + d_by_index @ np.linalg.inv(affine[:3, :3]))
+    inner = (slice(2, -2),) * 3
+    assert np.abs(jac - 1)[inner].mean() > 0.01  # a deformation that changes volumes
+    assert np.abs(det - jac)[inner].mean() < 0.1 * np.abs(jac - 1)[inner].mean()
+    assert jac.min() > 0
+
+
+def test_cli_rerun_replaces_outputs_and_drops_stale_ones(nifti_pair, checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--fixed", str(nifti_pair["fixed"]), "--moving", str(nifti_pair["moving"]), "--out", str(out),
+            "--checkpoint", str(checkpoint), "--device", "cpu"]
+    assert main(args + ["--moving-seg", str(nifti_pair["moving_seg"])]) == 0
+    assert (out / "warped_seg.nii.gz").is_file()
+    (out / "notes.txt").write_text("mine")
+    assert main(args) == 0
+    assert "wrote 6 files" in capsys.readouterr().out
+    assert not (out / "warped_seg.nii.gz").exists() and (out / "notes.txt").read_text() == "mine"
+    assert "segmentation" not in json.loads((out / "metrics.json").read_text())
+
+
+def _bad_inputs(tmp: Path, pair: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
+    fshape, faff = FIXED_GRID
+    image = nib.load(str(pair["fixed"])).get_fdata().astype(np.float32)
+    cine = write(tmp / "cine.nii.gz", np.stack([image, image], axis=-1), faff)
+    with_nan = image.copy()
+    with_nan[3, 4, 5] = np.nan
+    nan = write(tmp / "nan.nii.gz", with_nan, faff)
+    constant = write(tmp / "constant.nii.gz", np.full(fshape, 7.0, np.float32), faff)
+    corrupt = tmp / "corrupt.nii.gz"
+    corrupt.write_bytes(pair["fixed"].read_bytes()[:200])
+    fixed, moving = ["--fixed", str(pair["fixed"])], ["--moving", str(pair["moving"])]
+    return {
+        "missing": (["--fixed", str(tmp / "nope.nii.gz"), *moving], "not found"),
+        "corrupt": (["--fixed", str(corrupt), *moving], "corrupt"),
+        "cine": ([*fixed, "--moving", str(cine)], "pick one frame"),
+        "nan": (["--fixed", str(nan), *moving], "NaN"),
+        "constant": ([*fixed, "--moving", str(constant)], "constant"),
+        "seg grid": ([*fixed, *moving, "--fixed-seg", str(pair["moving_seg"])], "grid"),
+        "checkpoint": ([*fixed, *moving, "--checkpoint", str(tmp / "no-such-checkpoint")], "not found"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "cine", "nan", "constant", "seg grid", "checkpoint"])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, nifti_pair, checkpoint, tmp_path, capsys):
+    args, message = _bad_inputs(tmp_path, nifti_pair)[case]
+    out = tmp_path / "out" / "result"
+    if "--checkpoint" not in args:
+        args = args + ["--checkpoint", str(checkpoint)]
+    assert main(args + ["--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and err.startswith("cvae register: error:")
+    assert not out.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not any((d / "synthetic-acdc" / "config.json").is_file() for d in CHECKPOINT_DIRS),
+                    reason="the shipped checkpoint checkpoints/synthetic-acdc is not there yet")
+def test_shipped_checkpoint_improves_dice_on_a_synthetic_subject(tmp_path):
+    from cvae.data.synthetic import make_subject, save_subject
+
+    folder = save_subject(make_subject("testing", 0, seed=123), tmp_path, 1)
+    frames = sorted(folder.glob("patient001_frame??.nii.gz"))  # ED (frame01) and ES
+    ed, es = frames[0], frames[1]
+    metrics = register_files(es, ed, tmp_path / "out", "synthetic-acdc",
+                             fixed_seg=str(es).replace(".nii.gz", "_gt.nii.gz"),
+                             moving_seg=str(ed).replace(".nii.gz", "_gt.nii.gz"), device="cpu")
+    seg = metrics["segmentation"]
+    assert seg["dice_mean"] > seg["dice_unregistered_mean"] + 0.03
+    assert metrics["negative_jacobian_fraction"] < 0.01
