@@ -38,8 +38,9 @@ def smooth_velocity(max_norm: float, seed: int = 0) -> torch.Tensor:
     return v * (max_norm / v.norm(dim=1).max())
 
 
-def interior_diff(a: torch.Tensor, b: torch.Tensor, m: int = 8) -> float:
-    return float((a - b)[..., m:-m, m:-m, m // 2:-(m // 2)].norm(dim=1).max())
+def interior(t: torch.Tensor, m: int = 16) -> torch.Tensor:
+    """Drop ``m`` voxels in-plane and ``m / 4`` slices on each side, where the peers' padding modes differ."""
+    return t[..., m:-m, m:-m, m // 4:-(m // 4)]
 
 
 def main() -> None:
@@ -86,7 +87,7 @@ def main() -> None:
     from monai.networks.blocks import DVF2DDF
     from voxelmorph.nn.modules import IntegrateVelocityField
 
-    velocity = smooth_velocity(8.0)
+    velocity = smooth_velocity(4.0)
     ours = exponentiate(velocity, 4)
     monai_layer, vxm_layer = DVF2DDF(num_steps=4), IntegrateVelocityField(steps=4)
     with torch.no_grad():
@@ -95,20 +96,19 @@ def main() -> None:
                  "VoxelMorph `IntegrateVelocityField`": (best_ms(lambda: vxm_layer(velocity), args.repeats),
                                                          vxm_layer(velocity))}
     base = peers["cvae-reg `exponentiate`"][0]
-    print("\n| scaling and squaring, N = 4, max abs(v) = 8 voxels | ms | time / ours | max interior difference "
+    print("\n| scaling and squaring, N = 4, max abs(v) = 4 voxels | ms | time / ours | max interior difference "
           "to ours (voxels) |\n|---|---|---|---|")
     for name, (ms, field) in peers.items():
-        print(f"| {name} | {ms:.1f} | {ms / base:.2f} | {interior_diff(field, ours):.2e} |")
+        print(f"| {name} | {ms:.1f} | {ms / base:.2f} | {float(interior(field - ours).norm(dim=1).max()):.2e} |")
 
     half = exponentiate(velocity, 4, downsample=2)
     inverse_full = compose(ours, exponentiate(-velocity, 4))
     inverse_half = compose(half, exponentiate(-velocity, 4, downsample=2))
-    m = 8
     print("\n| integration grid | ms | mean interior inverse-consistency error (voxels) |\n|---|---|---|")
     for name, ms, residual in (("full resolution (used)", base, inverse_full),
                                ("half resolution (option)", best_ms(lambda: exponentiate(velocity, 4, downsample=2),
                                                                     args.repeats), inverse_half)):
-        err = float(residual.norm(dim=1)[..., m:-m, m:-m, m // 2:-(m // 2)].mean())
+        err = float(interior(residual.norm(dim=1)).mean())
         print(f"| {name} | {ms:.1f} | {err:.3f} |")
 
 

@@ -75,7 +75,9 @@ def _write_atomic_folder(folder: Path, write: Any) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         write(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
         for f in tmp.iterdir():
+            f.chmod(0o644)
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
         old = folder.with_name(f".{folder.name}.old")
