@@ -1,0 +1,52 @@
+"""Transport page: the motion (latent code) of a source subject applied to a target subject's ED image."""
+from __future__ import annotations
+
+import streamlit as st
+
+from cvae import app_state as S
+from cvae import figures as F
+
+VIEW_TITLES = {"axial": "axial (short axis)", "coronal": "coronal", "sagittal": "sagittal"}
+
+S.ensure_app_entry()
+st.title("Transport")
+st.caption("The code z of a pair describes the motion, while the anatomy comes in through the moving image the "
+           "decoder is conditioned on. Decoding the **source**'s code for the **target**'s ED image therefore moves "
+           "the target's heart the way the source's heart moves: a *simulated* ES frame. A dilated heart's weak "
+           "contraction, transported to a normal heart, should give a low ejection fraction.")
+
+
+@st.fragment
+@S.guard
+def _images(transported: S.Transported, source: str, target: str) -> None:
+    src, tgt, sim = transported.source, transported.target, transported.simulated
+    view_col, slice_col = st.columns([2, 3])
+    view = view_col.segmented_control("View", F.VIEWS, format_func=VIEW_TITLES.get, default="axial",
+                                      key="transport_view") or "axial"
+    n = F.n_slices(tgt.moving.shape, view)
+    index = slice_col.slider("Slice", 0, n - 1, n // 2, key=f"transport_slice_{view}")
+    panels = [(f"source {source} ED", src.moving, src.moving_label),
+              (f"source {source} ES", src.fixed, src.fixed_label),
+              (f"target {target} ED", tgt.moving, tgt.moving_label),
+              (f"target {target}: simulated ES", sim.warped, sim.warped_label),
+              (f"target {target} ES (real)", tgt.fixed, tgt.fixed_label)]
+    st.plotly_chart(F.transport_figure(panels, view, index, tgt.spacing), key="transport_figure")
+
+
+@S.guard
+def main() -> None:
+    checkpoint, root = S.active_checkpoint(), str(S.cohort_root())
+    left, right = st.columns(2)
+    with left:
+        source = S.subject_select("Source: whose motion", key="transport_source", prefer_group="DCM")
+    with right:
+        target = S.subject_select("Target: whose anatomy", key="transport_target", prefer_group="NOR")
+    transported = S.transport_subjects(checkpoint, root, source, target)
+    _images(transported, source, target)
+    st.subheader("Volumes and ejection fractions")
+    st.dataframe(transported.table.style.format(precision=1, na_rep="–"))
+    st.caption("Volumes in mL, ejection fractions in %, from the segmentations on the model grid: the simulated ES "
+               "volume is the target's ED segmentation carried along by the transported deformation.")
+
+
+main()
