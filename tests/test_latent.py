@@ -215,7 +215,7 @@ def test_uncertainty(pair) -> None:
         model.encoder.logvar.bias.fill_(-1e4)
     # (Identical codes decoded in batches of different sizes differ by float32 rounding only.)
     flat = latent.uncertainty(model, pair.fixed, pair.moving, k=6, seed=1, spacing=pair.spacing, chunk=4)
-    assert flat.shape == SIZE and flat.max() < 1e-5 * std.max()
+    assert flat.shape == SIZE and flat.max() < 1e-4  # mm: float32 rounding, not spread
 
 
 @pytest.mark.parametrize("call, message", [
