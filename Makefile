@@ -38,6 +38,7 @@ test-slow: install cohort
 
 bench: install cohort
 	$(PY) benchmarks/bench_speed.py
+	$(PY) benchmarks/app_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
