@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,20 +49,10 @@ from cvae.data.synthetic import make_cohort  # noqa: E402
 from cvae.model import CVAERegistration  # noqa: E402
 from cvae.paths import data_root  # noqa: E402
 from cvae.uploads import Upload, staged_uploads  # noqa: E402
+from timing import timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 #: operation -> target (seconds) from the issue.
 TARGETS = {"slice change": 0.5, "latent slider move": 0.5, "registration": 1.0, "cold start": 10.0}
-
-
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(median, min) seconds of ``fn`` over ``repeats`` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times), min(times)
 
 
 def prepare(checkpoint: str | None, data: str | None, scratch: Path) -> tuple[str, Path, list[str]]:

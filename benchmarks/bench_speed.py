@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
 
 from cvae.checkpoint import CheckpointError, load_model
 from cvae.fields import compose, exponentiate, gaussian_kernel1d, gaussian_smooth, jacobian_determinant, warp
 from cvae.model import CVAERegistration
+from timing import timed  # benchmarks/ is on sys.path when run as a script
 
 SHAPE = (128, 128, 32)
 
 
 def best_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return 1000 * min(times)
+    """Minimum over ``repeats`` runs (the least disturbed one), in milliseconds."""
+    return 1000 * timed(fn, repeats)[1]
 
 
 def smooth_velocity(max_norm: float, seed: int = 0) -> torch.Tensor:
