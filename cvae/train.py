@@ -21,6 +21,8 @@ import platform
 import signal
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,87 @@ def _param_checksum(model: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in model.parameters()))
 
 
+@dataclass
+class RunState:
+    """Where a run stands: optimiser steps done, best validation Dice, seconds spent in steps."""
+
+    step: int = 0
+    best: float = -math.inf
+    wall: float = 0.0
+
+
+def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: PairDataset,
+        train_idx: list[int], val_idx: list[int], cfg: Any, state: RunState,
+        save: Callable[[RunState, str, dict | None], None], log: Any, device: torch.device, *, rank: int = 0,
+        world: int = 1, progress: bool = False) -> RunState:
+    """The training loop shared by the CVAE and the VoxelMorph baseline.
+
+    ``net`` (``model`` itself or its DDP wrapper) maps ``(fixed, moving)`` to a dict of loss terms with ``"loss"``;
+    ``model.register(fixed, moving, inverse=False)`` serves validation. ``cfg`` gives ``steps``, ``batch_size``,
+    ``seed``, ``augment``, ``spacing``, ``val_every``, ``save_every`` and ``time_limit_min``. Rank 0 writes one JSON
+    line per step and per validation to ``log``, keeps ``best`` and ``last`` through ``save(state, folder, metrics)``,
+    and validates once more when the run stops between validations.
+    """
+    sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    per_epoch = len(sampler) // cfg.batch_size
+    augment = AugmentParams() if cfg.augment else None
+    validated = state.step
+
+    def validate_and_keep_best() -> None:
+        scores = validate(model, dataset, val_idx, device)
+        log.write(json.dumps({"kind": "val", "step": state.step, **scores}) + "\n")
+        if scores["val_dice"] > state.best:
+            state.best = scores["val_dice"]
+            save(state, "best", scores)
+
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress or rank != 0, unit="step",
+               dynamic_ncols=True)
+    with StopFlag() as stop:
+        net.train()
+        while state.step < cfg.steps and not stop.requested:
+            tic = time.perf_counter()
+            step = state.step
+            epoch, position = divmod(step, per_epoch)
+            sampler.set_epoch(epoch)
+            order = list(sampler)[position * cfg.batch_size:(position + 1) * cfg.batch_size]
+            batch = collate([dataset[train_idx[i]] for i in order])
+            torch.manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
+            if augment is not None:
+                gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step) * world + rank)
+                batch = augment_batch(batch, augment, gen, cfg.spacing)
+            terms = net(batch["fixed"].to(device), batch["moving"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            state.step += 1
+            elapsed = time.perf_counter() - tic
+            state.wall += elapsed
+            values = {k: round(float(v.detach()), 6) for k, v in terms.items()}
+            if rank == 0:
+                log.write(json.dumps({"kind": "train", "step": state.step, **values, "sec": round(elapsed, 4)})
+                          + "\n")
+                bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, s_per_step=f"{elapsed:.2f}")
+                bar.update(1)
+                if cfg.time_limit_min and state.wall > 60 * cfg.time_limit_min:
+                    stop.requested = True
+            if world > 1:
+                flag = torch.tensor([float(stop.requested)], device=device)
+                dist.all_reduce(flag)
+                stop.requested = bool(flag.item())
+            done = state.step == cfg.steps or stop.requested
+            if rank == 0 and val_idx and (state.step % cfg.val_every == 0 or done):
+                validate_and_keep_best()
+                validated = state.step
+            if rank == 0 and (state.step % cfg.save_every == 0 or done):
+                save(state, "last")
+    bar.close()
+    if rank == 0 and val_idx and state.step > validated:
+        validate_and_keep_best()
+        save(state, "last")
+    return state
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Run (or resume) training; returns the run folder. Works under ``torchrun`` (DDP) and alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -158,10 +241,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     n_val = min(cfg.val_subjects, len(dataset) - 1)
     train_idx = list(range(len(dataset) - n_val))
     val_idx = list(range(len(dataset) - n_val, len(dataset)))
-    sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=True)
-    per_epoch = len(sampler) // cfg.batch_size
-    if per_epoch < 1:
+    if len(train_idx) < world * cfg.batch_size:
         raise ValueError(f"{len(train_idx)} training subjects are too few for {world} x batch {cfg.batch_size}")
 
     torch.manual_seed(cfg.seed)
@@ -180,68 +260,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         rewind_log(log_path, start)
     net = DistributedDataParallel(model) if world > 1 else model
-    augment = AugmentParams() if cfg.augment else None
     training_info = {**asdict(cfg), "world_size": world, "hardware": f"{platform.processor() or platform.machine()}"
                      f", {os.cpu_count()} cores, {device.type}", "torch": torch.__version__}
 
-    def save(step: int, folder: str, metrics: dict | None = None) -> None:
-        info = {**training_info, "steps_done": step, "wall_time_s": round(wall, 1)}
+    def save(state: RunState, folder: str, metrics: dict | None = None) -> None:
+        info = {**training_info, "steps_done": state.step, "wall_time_s": round(state.wall, 1)}
         save_checkpoint(out / folder, model, spacing=cfg.spacing, training=info, metrics=metrics,
                         optimizer=optimizer if folder == "last" else None,
-                        trainer={"step": step, "best_dice": best, "wall_time_s": wall})
+                        trainer={"step": state.step, "best_dice": state.best, "wall_time_s": state.wall})
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
-    log = open(log_path, "a") if rank == 0 else None
-    step = start
-    with StopFlag() as stop:
-        net.train()
-        while step < cfg.steps and not stop.requested:
-            tic = time.perf_counter()
-            epoch, position = divmod(step, per_epoch)
-            sampler.set_epoch(epoch)
-            order = list(sampler)[position * cfg.batch_size:(position + 1) * cfg.batch_size]
-            batch = collate([dataset[train_idx[i]] for i in order])
-            torch.manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
-            if augment is not None:
-                gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step) * world + rank)
-                batch = augment_batch(batch, augment, gen, cfg.spacing)
-            terms = net(batch["fixed"].to(device), batch["moving"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            step += 1
-            elapsed = time.perf_counter() - tic
-            wall += elapsed
-            values = {k: round(float(v.detach()), 6) for k, v in terms.items()}
+    with open(log_path, "a", buffering=1) if rank == 0 else nullcontext() as log:
+        state = fit(net, model, optimizer, dataset, train_idx, val_idx, cfg, RunState(start, best, wall), save, log,
+                    device, rank=rank, world=world, progress=progress)
+        if world > 1:
+            checksums = [None] * world
+            dist.all_gather_object(checksums, _param_checksum(model))
             if rank == 0:
-                log.write(json.dumps({"kind": "train", "step": step, **values, "sec": round(elapsed, 4)}) + "\n")
-                bar.set_postfix(loss=f"{values['loss']:.1f}", lcc=f"{values['lcc']:.4f}", kl=f"{values['kl']:.2f}",
-                                s_per_step=f"{elapsed:.2f}")
-                bar.update(1)
-                if cfg.time_limit_min and wall > 60 * cfg.time_limit_min:
-                    stop.requested = True
-            if rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps) and val_idx:
-                scores = validate(model, dataset, val_idx, device)
-                log.write(json.dumps({"kind": "val", "step": step, **scores}) + "\n")
-                if scores["val_dice"] > best:
-                    best = scores["val_dice"]
-                    save(step, "best", scores)
-            if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or stop.requested):
-                log.flush()
-                save(step, "last")
-            if world > 1:
-                flag = torch.tensor([float(stop.requested)], device=device)
-                dist.all_reduce(flag)
-                stop.requested = bool(flag.item())
-    bar.close()
-    if world > 1:
-        checksums = [None] * world
-        dist.all_gather_object(checksums, _param_checksum(model))
-        if rank == 0:
-            log.write(json.dumps({"kind": "ddp_check", "step": step, "checksums": checksums}) + "\n")
-        dist.destroy_process_group()
-    if log is not None:
-        log.close()
+                log.write(json.dumps({"kind": "ddp_check", "step": state.step, "checksums": checksums}) + "\n")
+            dist.destroy_process_group()
     return out
 
 

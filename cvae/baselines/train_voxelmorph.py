@@ -9,9 +9,9 @@ Data: ``PairDataset(data, "training")`` at ``image_size`` / ``spacing`` (fixed =
 :mod:`cvae.baselines.voxelmorph`). Every ``save_every`` steps ``<out>/last`` is replaced atomically (weights,
 optimiser, step); every ``val_every`` steps and when stopping, the mean Dice of the warped ED labels against the ES
 labels over the five structures is measured on the held-out subjects (``cvae.train.validate``) and ``<out>/best``
-keeps the best model. ``<out>/log.jsonl`` gets one line per step and per validation. Randomness of step ``s`` derives
-from ``(seed, s)``, so ``--resume`` continues where ``last`` stopped. ``--time-limit-min`` counts wall time
-(periodic validation and saving included); Ctrl-C or SIGTERM saves and stops.
+keeps the best model. ``<out>/log.jsonl`` gets one line per step and per validation. The loop is the CVAE's own
+(:func:`cvae.train.fit`): randomness of step ``s`` derives from ``(seed, s)``, so ``--resume`` continues where
+``last`` stopped; ``--time-limit-min`` counts the time spent in steps; Ctrl-C or SIGTERM saves and stops.
 
 ``--export RUN DEST`` copies the best weights of a run (``RUN`` = run folder or its ``best/``) to ``DEST`` with a
 ``README.md`` model card built from the checkpoint's config and the run's ``log.jsonl``.
@@ -26,7 +26,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,10 +34,9 @@ import voxelmorph as vxm
 from safetensors.torch import save as safetensors_bytes
 
 from ..checkpoint import CheckpointError, load_training_state
-from ..data.augment import AugmentParams, augment_batch
 from ..data.dataset import PairDataset
 from ..device import resolve_device
-from ..train import collate, rewind_log, StopFlag, validate
+from ..train import RunState, fit, rewind_log
 from .voxelmorph import (VoxelMorph, VoxelMorphConfig, load_voxelmorph_checkpoint, read_voxelmorph_config,
                          save_voxelmorph)
 
@@ -60,6 +58,7 @@ class VxmTrainConfig:
     image_size: tuple[int, int, int] = (128, 128, 32)
     spacing: tuple[float, float, float] = (1.5, 1.5, 3.15)
     augment: bool = True
+    batch_size: int = 1
     val_subjects: int = 10                  # last N training subjects held out (as cvae.train)
     val_every: int = 200
     save_every: int = 50
@@ -73,11 +72,6 @@ class VxmTrainConfig:
     def model_config(self) -> VoxelMorphConfig:
         return VoxelMorphConfig(image_size=self.image_size, nb_features=self.nb_features,
                                 integration_steps=self.integration_steps, lam=self.lam, ncc_window=self.ncc_window)
-
-
-def _order(n: int, seed: int, epoch: int) -> list[int]:
-    """Permutation of ``range(n)`` for ``epoch``, a function of ``(seed, epoch)`` only (so resuming repeats it)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
 
 
 def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
@@ -104,59 +98,20 @@ def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
         start, best, wall = trainer["step"], trainer["best_dice"], trainer["wall_time_s"]
     out.mkdir(parents=True, exist_ok=True)
     rewind_log(log_path, start)
-    augment = AugmentParams() if cfg.augment else None
     info = {**asdict(cfg), "command": command, "torch": torch.__version__, "voxelmorph": vxm.__version__,
             "train_subjects": [dataset.subjects[i] for i in train_idx],
             "val_subjects_ids": [dataset.subjects[i] for i in val_idx],
             "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device.type}, "
                         f"{torch.get_num_threads()} torch threads", "niceness": os.nice(0)}
 
-    def save(step: int, folder: str, metrics: dict | None = None) -> None:
+    def save(state: RunState, folder: str, metrics: dict | None = None) -> None:
         save_voxelmorph(out / folder, model, spacing=cfg.spacing, metrics=metrics,
-                        training={**info, "steps_done": step, "wall_time_s": round(wall, 1)},
+                        training={**info, "steps_done": state.step, "wall_time_s": round(state.wall, 1)},
                         optimizer=optimizer if folder == "last" else None,
-                        trainer={"step": step, "best_dice": best, "wall_time_s": wall})
+                        trainer={"step": state.step, "best_dice": state.best, "wall_time_s": state.wall})
 
-    def validate_and_keep_best(step: int) -> None:
-        nonlocal best
-        scores = validate(model, dataset, val_idx, device)
-        log.write(json.dumps({"kind": "val", "step": step, **scores}) + "\n")
-        log.flush()
-        if scores["val_dice"] > best:
-            best = scores["val_dice"]
-            save(step, "best", scores)
-
-    step, validated = start, start
-    with open(log_path, "a", buffering=1) as log, StopFlag() as stop:  # line-buffered: readable while running
-        model.train()
-        while step < cfg.steps and not stop.requested:
-            tic = time.perf_counter()
-            epoch, position = divmod(step, len(train_idx))
-            batch = collate([dataset[train_idx[_order(len(train_idx), cfg.seed, epoch)[position]]]])
-            if augment is not None:
-                gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
-                batch = augment_batch(batch, augment, gen, cfg.spacing)
-            terms = model(batch["fixed"].to(device), batch["moving"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            step += 1
-            sec = time.perf_counter() - tic
-            log.write(json.dumps({"kind": "train", "step": step, **{k: round(float(v.detach()), 6)
-                                                                     for k, v in terms.items()},
-                                  "sec": round(sec, 4)}) + "\n")
-            if val_idx and step % cfg.val_every == 0:
-                validate_and_keep_best(step)
-                validated = step
-            wall += time.perf_counter() - tic
-            if cfg.time_limit_min and wall > 60 * cfg.time_limit_min:
-                stop.requested = True
-            if step % cfg.save_every == 0 or step == cfg.steps or stop.requested:
-                log.flush()
-                save(step, "last")
-        if val_idx and step > validated:
-            validate_and_keep_best(step)
-            save(step, "last")
+    with open(log_path, "a", buffering=1) as log:  # line-buffered: readable while running
+        fit(model, model, optimizer, dataset, train_idx, val_idx, cfg, RunState(start, best, wall), save, log, device)
     return out
 
 
