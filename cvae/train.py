@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import load_training_state, load_weights, save_checkpoint
 from .data.augment import AugmentParams, augment_batch
 from .data.dataset import PairDataset
 from .data.labels import STRUCTURES
@@ -222,6 +222,26 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
     return state
 
 
+def held_out_split(cfg: Any) -> tuple[PairDataset, list[int], list[int]]:
+    """The training cohort of ``cfg`` (``data``, ``image_size``, ``spacing``, ``cache_dir``) with its last
+    ``val_subjects`` subjects held out for validation: ``(dataset, train indices, validation indices)``."""
+    dataset = PairDataset(cfg.data, "training", cfg.image_size, cfg.spacing, cfg.cache_dir)
+    n_val = min(cfg.val_subjects, len(dataset) - 1)
+    return dataset, list(range(len(dataset) - n_val)), list(range(len(dataset) - n_val, len(dataset)))
+
+
+def resume_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 **group_overrides: float) -> RunState:
+    """Load weights and optimiser of a training checkpoint ``folder`` into ``model`` / ``optimizer`` and return where
+    the run stood; ``group_overrides`` (e.g. ``lr=1e-3``) replace the saved optimiser settings."""
+    load_weights(model, folder)
+    opt_state, trainer = load_training_state(folder)
+    optimizer.load_state_dict(opt_state)
+    for group in optimizer.param_groups:
+        group.update(group_overrides)
+    return RunState(trainer["step"], trainer["best_dice"], trainer["wall_time_s"])
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Run (or resume) training; returns the run folder. Works under ``torchrun`` (DDP) and alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -237,28 +257,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     log_path = out / "log.jsonl"
 
-    dataset = PairDataset(cfg.data, "training", cfg.image_size, cfg.spacing, cfg.cache_dir)
-    n_val = min(cfg.val_subjects, len(dataset) - 1)
-    train_idx = list(range(len(dataset) - n_val))
-    val_idx = list(range(len(dataset) - n_val, len(dataset)))
+    dataset, train_idx, val_idx = held_out_split(cfg)
     if len(train_idx) < world * cfg.batch_size:
         raise ValueError(f"{len(train_idx)} training subjects are too few for {world} x batch {cfg.batch_size}")
 
     torch.manual_seed(cfg.seed)
     model = CVAERegistration(cfg.model_config()).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, best, wall = 0, -math.inf, 0.0
-    if cfg.resume and (out / "last").is_dir():
-        resumed, _ = load_checkpoint(out / "last", device)
-        model.load_state_dict(resumed.state_dict())
-        opt_state, trainer = load_training_state(out / "last")
-        optimizer.load_state_dict(opt_state)
-        for group in optimizer.param_groups:  # the command line may continue with a new learning rate
-            group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
-        start, best, wall = trainer["step"], trainer["best_dice"], trainer["wall_time_s"]
+    state = RunState()
+    if cfg.resume and (out / "last").is_dir():  # the command line may continue with a new learning rate
+        state = resume_state(out / "last", model, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        rewind_log(log_path, start)
+        rewind_log(log_path, state.step)
     net = DistributedDataParallel(model) if world > 1 else model
     training_info = {**asdict(cfg), "world_size": world, "hardware": f"{platform.processor() or platform.machine()}"
                      f", {os.cpu_count()} cores, {device.type}", "torch": torch.__version__}
@@ -270,7 +281,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                         trainer={"step": state.step, "best_dice": state.best, "wall_time_s": state.wall})
 
     with open(log_path, "a", buffering=1) if rank == 0 else nullcontext() as log:
-        state = fit(net, model, optimizer, dataset, train_idx, val_idx, cfg, RunState(start, best, wall), save, log,
+        state = fit(net, model, optimizer, dataset, train_idx, val_idx, cfg, state, save, log,
                     device, rank=rank, world=world, progress=progress)
         if world > 1:
             checksums = [None] * world

@@ -33,10 +33,9 @@ import torch
 import voxelmorph as vxm
 from safetensors.torch import save as safetensors_bytes
 
-from ..checkpoint import CheckpointError, load_training_state
-from ..data.dataset import PairDataset
+from ..checkpoint import CheckpointError
 from ..device import resolve_device
-from ..train import RunState, fit, rewind_log
+from ..train import RunState, fit, held_out_split, resume_state, rewind_log
 from .voxelmorph import (VoxelMorph, VoxelMorphConfig, load_voxelmorph_checkpoint, read_voxelmorph_config,
                          save_voxelmorph)
 
@@ -81,23 +80,14 @@ def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     log_path = out / "log.jsonl"
-    dataset = PairDataset(cfg.data, "training", cfg.image_size, cfg.spacing, cfg.cache_dir)
-    n_val = min(cfg.val_subjects, len(dataset) - 1)
-    train_idx = list(range(len(dataset) - n_val))
-    val_idx = list(range(len(dataset) - n_val, len(dataset)))
+    dataset, train_idx, val_idx = held_out_split(cfg)
 
     torch.manual_seed(cfg.seed)
     model = VoxelMorph(cfg.model_config()).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start, best, wall = 0, -math.inf, 0.0
-    if cfg.resume and (out / "last").is_dir():
-        resumed, _ = load_voxelmorph_checkpoint(out / "last", device)
-        model.load_state_dict(resumed.state_dict())
-        opt_state, trainer = load_training_state(out / "last")
-        optimizer.load_state_dict(opt_state)
-        start, best, wall = trainer["step"], trainer["best_dice"], trainer["wall_time_s"]
+    state = resume_state(out / "last", model, optimizer) if cfg.resume and (out / "last").is_dir() else RunState()
     out.mkdir(parents=True, exist_ok=True)
-    rewind_log(log_path, start)
+    rewind_log(log_path, state.step)
     info = {**asdict(cfg), "command": command, "torch": torch.__version__, "voxelmorph": vxm.__version__,
             "train_subjects": [dataset.subjects[i] for i in train_idx],
             "val_subjects_ids": [dataset.subjects[i] for i in val_idx],
@@ -111,7 +101,7 @@ def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
                         trainer={"step": state.step, "best_dice": state.best, "wall_time_s": state.wall})
 
     with open(log_path, "a", buffering=1) as log:  # line-buffered: readable while running
-        fit(model, model, optimizer, dataset, train_idx, val_idx, cfg, RunState(start, best, wall), save, log, device)
+        fit(model, model, optimizer, dataset, train_idx, val_idx, cfg, state, save, log, device)
     return out
 
 
