@@ -24,17 +24,17 @@ $(DATA)/testing: | $(STAMP)
 cohort: $(DATA)/testing
 
 app: install cohort
-	CVAE_DATA=$(DATA) $(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) \
+	CVAE_DATA=$(abspath $(DATA)) $(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) \
 		--server.headless true --browser.gatherUsageStats false
 
 browser:
 	@bash .ci/ensure-chromium
 
 test: install cohort browser
-	CVAE_DATA=$(DATA) $(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+	CVAE_DATA=$(abspath $(DATA)) $(PY) -m pytest -q -m "not slow" -p no:cacheprovider
 
 test-slow: install cohort
-	CVAE_DATA=$(DATA) $(PY) -m pytest -q -m slow -p no:cacheprovider
+	CVAE_DATA=$(abspath $(DATA)) $(PY) -m pytest -q -m slow -p no:cacheprovider
 
 bench: install cohort
 	$(PY) benchmarks/bench_speed.py

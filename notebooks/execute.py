@@ -71,9 +71,13 @@ def _texts(nb: nbformat.NotebookNode) -> Iterator[tuple[int, str]]:
 
 def leaked_paths(nb: nbformat.NotebookNode) -> list[str]:
     """One line per output that shows an absolute path of this machine."""
-    roots = {str(HERE.parent), str(Path.home()), os.path.realpath(tempfile.gettempdir())}
-    return [f"cell {index}: {root} in {text.strip()[:100]!r}"
-            for index, text in _texts(nb) for root in sorted(roots) if root + os.sep in text]
+    roots = sorted({str(HERE.parent), str(Path.home()), os.path.realpath(tempfile.gettempdir())})
+    found = []
+    for index, text in _texts(nb):
+        hits = [root for root in roots if root + os.sep in text]
+        if hits:  # one line per output, even when the roots nest (a checkout under /tmp)
+            found.append(f"cell {index}: {hits[0]} in {text.strip()[:100]!r}")
+    return found
 
 
 def large_images(nb: nbformat.NotebookNode) -> list[str]:
