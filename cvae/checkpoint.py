@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,17 +168,25 @@ def load_weights(model: torch.nn.Module, folder: str | os.PathLike) -> torch.nn.
     return model
 
 
-def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device = "auto"
-                    ) -> tuple[CVAERegistration, dict[str, Any]]:
-    """Build the model of a checkpoint and load its weights; returns ``(model in eval mode, config)``."""
+def build_checkpoint(name_or_path: str | os.PathLike, build: Callable[[dict], torch.nn.Module], fmt: str = FORMAT,
+                     device: str | torch.device = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``(model in eval mode, config)``: ``build(config["model"])`` makes the model, then its weights are loaded."""
     folder = resolve_checkpoint(name_or_path)
-    config = read_config(folder)
+    config = read_config(folder, fmt)
     try:
-        model = CVAERegistration(ModelConfig.from_dict(config["model"]))
+        model = build(config["model"])
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: model section does not match this code ({exc})") from None
+        message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise CheckpointError(f"{folder / CONFIG_FILE}: model section does not match this code ({message})") from None
     load_weights(model, folder)
     return model.to(resolve_device(device)).eval(), config
+
+
+def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device = "auto"
+                    ) -> tuple[CVAERegistration, dict[str, Any]]:
+    """Build the CVAE of a checkpoint and load its weights; returns ``(model in eval mode, config)``."""
+    return build_checkpoint(name_or_path, lambda values: CVAERegistration(ModelConfig.from_dict(values)),
+                            FORMAT, device)
 
 
 def load_model(name_or_path: str | os.PathLike = "synthetic-acdc", device: str | torch.device = "auto"

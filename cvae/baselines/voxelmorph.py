@@ -38,8 +38,7 @@ import voxelmorph as vxm
 from torch import nn
 
 from . import MethodResult, MethodUnavailable
-from ..checkpoint import (CONFIG_FILE, CheckpointError, load_weights, read_config, resolve_checkpoint,
-                          save_checkpoint)
+from ..checkpoint import CheckpointError, build_checkpoint, read_config, save_checkpoint
 from ..device import resolve_device
 from ..fields import jacobian_determinant
 from ..model import check_pair
@@ -186,15 +185,8 @@ def read_voxelmorph_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
 def load_voxelmorph_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device = "auto"
                                ) -> tuple[VoxelMorph, dict[str, Any]]:
     """``(model in eval mode, config)`` of a VoxelMorph checkpoint; :class:`CheckpointError` (one line) if unusable."""
-    folder = resolve_checkpoint(name_or_path)
-    config = read_voxelmorph_config(folder)
-    try:
-        model = VoxelMorph(VoxelMorphConfig.from_dict(config["model"]))
-    except (TypeError, ValueError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise CheckpointError(f"{folder / CONFIG_FILE}: model section does not match this code ({message})") from None
-    load_weights(model, folder)
-    return model.to(resolve_device(device)).eval(), config
+    return build_checkpoint(name_or_path, lambda values: VoxelMorph(VoxelMorphConfig.from_dict(values)), FORMAT,
+                            device)
 
 
 def load_voxelmorph(name_or_path: str | os.PathLike = DEFAULT_CHECKPOINT,
