@@ -45,6 +45,8 @@ def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("CVAE_CACHE", str(base / "cache"))
         mp.setenv("TMPDIR", str(base / "tmp"))
         mp.setenv("OMP_NUM_THREADS", "1")
+        # Importing streamlit (the app tests) sets MPLBACKEND=Agg for the whole process; kernels need inline plots.
+        mp.delenv("MPLBACKEND", raising=False)
         try:
             resolve_checkpoint("synthetic-acdc")
         except CheckpointError:
