@@ -292,26 +292,38 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     return out
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvae train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(TrainConfig):
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One ``--flag`` per field of a config dataclass, typed from its default (``tuple[int, ...]`` takes any count,
+    booleans get ``--no-flag``, dicts take JSON)."""
+    for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif isinstance(default, tuple):
-            parser.add_argument(flag, nargs=len(default), type=type(default[0]), default=default)
+            nargs = "+" if "..." in str(f.type) else len(default)
+            parser.add_argument(flag, nargs=nargs, type=type(default[0]), default=default)
         elif isinstance(default, dict):
             parser.add_argument(flag, type=json.loads, default=default, help="JSON object")
         else:
             parser.add_argument(flag, type=type(default) if default is not None else str, default=default)
+
+
+def config_from_arguments(config_class: type, values: dict) -> Any:
+    """The config dataclass from parsed ``values`` (lists back to tuples)."""
+    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvae train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(parser, TrainConfig)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()})
+    cfg = config_from_arguments(TrainConfig, vars(args))
     try:
         out = train(cfg)
     except ValueError as exc:

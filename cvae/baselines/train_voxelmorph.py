@@ -35,7 +35,8 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..checkpoint import CheckpointError
 from ..device import resolve_device
-from ..train import RunState, fit, held_out_split, resume_state, rewind_log
+from ..train import (RunState, add_config_arguments, config_from_arguments, fit, held_out_split, resume_state,
+                     rewind_log)
 from .voxelmorph import (VoxelMorph, VoxelMorphConfig, load_voxelmorph_checkpoint, read_voxelmorph_config,
                          save_voxelmorph)
 
@@ -216,32 +217,12 @@ def export_voxelmorph(run: str | os.PathLike, dest: str | os.PathLike, cohort_se
 
 
 def _parser() -> argparse.ArgumentParser:
-    d = VxmTrainConfig()
     p = argparse.ArgumentParser(prog="python -m cvae.baselines.train_voxelmorph", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--export", nargs=2, metavar=("RUN", "DEST"), help="export the best weights of RUN to DEST")
     p.add_argument("--cohort-seed", type=int, default=0, help="seed of the synthetic cohort (model card of --export)")
     p.add_argument("--note", default="", help="free text for a Notes section of the model card (--export)")
-    p.add_argument("--data", default=d.data)
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--lam", type=float, default=d.lam)
-    p.add_argument("--ncc-window", type=int, default=d.ncc_window)
-    p.add_argument("--integration-steps", type=int, default=d.integration_steps)
-    p.add_argument("--nb-features", type=int, nargs="+", default=list(d.nb_features))
-    p.add_argument("--image-size", type=int, nargs=3, default=list(d.image_size))
-    p.add_argument("--spacing", type=float, nargs=3, default=list(d.spacing))
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment)
-    p.add_argument("--val-subjects", type=int, default=d.val_subjects)
-    p.add_argument("--val-every", type=int, default=d.val_every)
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--time-limit-min", type=float, default=d.time_limit_min)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--cache-dir", default=d.cache_dir)
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=d.resume)
+    add_config_arguments(p, VxmTrainConfig)
     return p
 
 
@@ -254,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             dest = export_voxelmorph(*export, cohort_seed=cohort_seed, note=note)
             print(f"exported {export[0]} to {dest} (model.safetensors, config.json, README.md)")
             return 0
-        cfg = VxmTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+        cfg = config_from_arguments(VxmTrainConfig, args)
         command = "python -m cvae.baselines.train_voxelmorph " + shlex.join(argv)
         out = train_voxelmorph(cfg, command)
     except (ValueError, CheckpointError) as exc:
