@@ -32,36 +32,9 @@ from cvae.analysis import ClassificationReport, classify, group_order
 from cvae.checkpoint import load_checkpoint, resolve_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.data.preprocess import DEFAULT_SPACING
-from cvae.latent import encode_cohort, latent_dim_of, mu_columns, prior_codes, warped_label_measures
+from cvae.latent import encode_cohort, latent_dim_of, prior_codes, warped_label_measures
 from cvae.paths import data_root
-
-
-def pick(table: pd.DataFrame, per_group: int) -> pd.DataFrame:
-    """The first ``per_group`` labelled subjects of each group (by subject id), groups in ACDC order."""
-    labelled = table[np.isfinite(table["LVEF"])].sort_values("subject")
-    parts = [labelled[labelled["group"] == g].head(per_group) for g in group_order(labelled["group"])]
-    return pd.concat(parts) if parts else labelled.head(0)
-
-
-def transport_table(model, dataset: PairDataset, sources: pd.DataFrame, targets: pd.DataFrame,
-                    chunk: int) -> pd.DataFrame:
-    """One row per (source, target) pair plus each target's own code: groups, the simulated ES measures, and the
-    target's true LVEF (``target_LVEF``, from its ES labels)."""
-    index = {s: i for i, s in enumerate(dataset.subjects)}
-    d = latent_dim_of(targets)
-    rows = []
-    for _, target in targets.iterrows():
-        pair = dataset.pair(index[target["subject"]])
-        codes = pd.concat([sources[sources["subject"] != target["subject"]], target.to_frame().T])
-        measures = warped_label_measures(model, codes[mu_columns(d)].to_numpy(np.float32), pair.moving,
-                                         pair.moving_label, pair.spacing, chunk)
-        measures.insert(0, "source", codes["subject"].to_numpy())
-        measures.insert(1, "source_group", codes["group"].to_numpy())
-        measures.insert(2, "target", target["subject"])
-        measures.insert(3, "target_group", target["group"])
-        measures["target_LVEF"] = float(target["LVEF"])
-        rows.append(measures)
-    return pd.concat(rows, ignore_index=True)
+from cvae.transport_study import cohort_transport, group_matrix, pick
 
 
 def sample_table(model, dataset: PairDataset, targets: pd.DataFrame, n: int, temperature: float, seed: int,
@@ -117,14 +90,9 @@ def report(args: argparse.Namespace, config: dict, table: pd.DataFrame, clf: Cla
               f"({len(transports)} pairs, self pairs left out). Each source's `mu` decodes a deformation of the "
               "target's ED image; the target's ED labels warped by it (nearest) are the simulated ES.", "",
               "Mean LVEF (%) of the simulated ES, source group (rows) -> target group (columns):", ""]
-    mean_lvef = transports.pivot_table(index="source_group", columns="target_group", values="LVEF",
-                                       aggfunc="mean").reindex(index=groups, columns=groups)
-    lines += markdown_matrix(mean_lvef, ".1f")
+    lines += markdown_matrix(group_matrix(transports, "LVEF"), ".1f")
     lines += ["", "Fraction of pairs with simulated LVEF < 40 %:", ""]
-    low = transports.assign(low=transports["LVEF"] < 40).pivot_table(
-        index="source_group", columns="target_group", values="low", aggfunc="mean").reindex(index=groups,
-                                                                                           columns=groups)
-    lines += markdown_matrix(100 * low, ".0f")
+    lines += markdown_matrix(100 * group_matrix(transports, transports["LVEF"] < 40), ".0f")
     lines += ["", "Cohort LVEF (%, from the real ES labels) per group: " + ", ".join(
         f"{g} {row['mean']:.1f} ({row['min']:.0f}-{row['max']:.0f})" for g, row in cohort_lvef.iterrows()) + ".",
               "", f"Calibration, each target's own code (registration): simulated LVEF - true LVEF = "
@@ -158,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                         "data/synthetic-acdc)")
     parser.add_argument("--checkpoint", default="synthetic-acdc", help="checkpoint name or folder")
     parser.add_argument("--split", default="testing", help="cohort split (default testing)")
-    parser.add_argument("--sources-per-group", type=int, default=5, help="transport sources per group (default 5)")
-    parser.add_argument("--targets-per-group", type=int, default=3, help="transport targets per group (default 3)")
+    parser.add_argument("--sources-per-group", type=int, default=4, help="transport sources per group (default 4)")
+    parser.add_argument("--targets-per-group", type=int, default=2, help="transport targets per group (default 2)")
     parser.add_argument("--samples", type=int, default=4, help="prior samples per target (default 4)")
     parser.add_argument("--temperature", type=float, default=1.0, help="prior sampling temperature (default 1)")
     parser.add_argument("--folds", type=int, default=10, help="cross-validation folds (default 10)")
@@ -176,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         table = encode_cohort(resolve_checkpoint(args.checkpoint), args.data, args.split, device=args.device)
         dataset = PairDataset(args.data, split=args.split, size=model.config.image_size,
                               spacing=config.get("spacing", DEFAULT_SPACING))
-        sources, targets = pick(table, args.sources_per_group), pick(table, args.targets_per_group)
-        if sources.empty or len(sources) < 2:
-            raise ValueError("transport needs at least 2 subjects with labels: check --data and --split")
+        targets = pick(table, args.targets_per_group)
+        transports = cohort_transport(args.checkpoint, args.data, args.split,
+                                      sources_per_group=args.sources_per_group,
+                                      targets_per_group=args.targets_per_group, device=args.device, chunk=args.chunk)
         with torch.no_grad():
-            transports = transport_table(model, dataset, sources, targets, args.chunk)
             samples = sample_table(model, dataset, targets, args.samples, args.temperature, args.seed, args.chunk)
         clf = classify(table, folds=args.folds, permutations=args.permutations, seed=args.seed)
         text = report(args, config, table, clf, transports, samples, time.perf_counter() - start)

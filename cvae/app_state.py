@@ -34,7 +34,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from cvae import latent
+from cvae import latent, transport_study
 from cvae.analysis import classify, project
 from cvae.checkpoint import CHECKPOINT_DIRS, CONFIG_FILE, MODEL_FILE, load_checkpoint, read_config, resolve_checkpoint
 from cvae.clinical import clinical_measures
@@ -439,9 +439,34 @@ def transport_subjects(checkpoint: str, root: str, source: str, target: str) -> 
 @st.cache_data(show_spinner="Encoding the cohort (cached on disk after the first time)…", max_entries=4)
 def cohort_table(checkpoint: str, root: str) -> pd.DataFrame:
     """:func:`cvae.latent.encode_cohort` of the test split (or every subject if there is no test split)."""
-    split = "testing" if (subject_options(Path(root))["split"] == "testing").any() else None
     model, _ = get_model(checkpoint)
-    return latent.encode_cohort(str(resolve_checkpoint(checkpoint)), root, split=split, device=model.device)
+    return latent.encode_cohort(str(resolve_checkpoint(checkpoint)), root, split=_study_split(root),
+                                device=model.device)
+
+
+def _study_split(root: str) -> str | None:
+    """The split the cohort-level pages study: ``"testing"``, or ``None`` (every subject) without a test split."""
+    return "testing" if (subject_options(Path(root))["split"] == "testing").any() else None
+
+
+#: Sources and targets per group of the Transport page's group table (as in ``benchmarks/latent_claims.py``).
+TRANSPORT_SOURCES, TRANSPORT_TARGETS = 4, 2
+
+
+def transport_study_cached(checkpoint: str, root: str) -> bool:
+    """Whether the group transport table of this checkpoint and cohort is on disk already."""
+    return transport_study.cached_path(resolve_checkpoint(checkpoint), root, _study_split(root), TRANSPORT_SOURCES,
+                                       TRANSPORT_TARGETS).is_file()
+
+
+@st.cache_data(show_spinner="Transporting every source code onto every target (cached on disk afterwards)…",
+               max_entries=4)
+def transport_pairs(checkpoint: str, root: str) -> pd.DataFrame:
+    """:func:`cvae.transport_study.cohort_transport` of the studied split: one row per (source, target) pair."""
+    model, _ = get_model(checkpoint)
+    return transport_study.cohort_transport(resolve_checkpoint(checkpoint), root, _study_split(root),
+                                            sources_per_group=TRANSPORT_SOURCES, targets_per_group=TRANSPORT_TARGETS,
+                                            device=str(model.device))
 
 
 @st.cache_data(show_spinner="Projecting the codes…", max_entries=12)

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from cvae.data.labels import GROUPS, LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY
@@ -31,7 +33,7 @@ __all__ = [
     "in_plane_displacement", "displacement_magnitude_mm", "deformed_grid_lines", "jacobian_range", "JACOBIAN_COLOURS",
     "image_trace", "contour_traces", "grid_trace", "jacobian_trace", "folding_trace", "registration_figure",
     "deformation_figure", "walk_animation", "uncertainty_figure", "transport_figure", "embedding_figure",
-    "confusion_figure", "timing_figure", "method_figure",
+    "confusion_figure", "transport_matrix_figure", "timing_figure", "method_figure",
 ]
 
 #: View name -> (axis cut, horizontal axis, vertical axis).
@@ -449,16 +451,34 @@ def embedding_figure(x: Sequence[float], y: Sequence[float], groups: Sequence[st
     return go.Figure(dict(data=traces, layout=layout))
 
 
+def _annotated_heatmap(z: np.ndarray, x: Sequence[str], y: Sequence[str], text: np.ndarray, hover: str,
+                       axis_titles: tuple[str, str], title: str, height: int, **trace: Any) -> go.Figure:
+    """A heatmap with its values written in the cells; rows top to bottom in the order of ``y``."""
+    cells = dict(type="heatmap", z=z, x=list(x), y=list(y), text=text, texttemplate="%{text}",
+                 hovertemplate=hover + "<extra></extra>", **trace)
+    layout = dict(title=dict(text=title), height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                  xaxis_title=axis_titles[0], yaxis_title=axis_titles[1], yaxis_autorange="reversed")
+    return go.Figure(dict(data=[cells], layout=layout))
+
+
 def confusion_figure(matrix: np.ndarray, labels: Sequence[str], title: str = "", height: int = 360) -> go.Figure:
     """Annotated confusion matrix (rows = true group, columns = predicted)."""
     matrix = np.asarray(matrix)
     if matrix.shape != (len(labels), len(labels)):
         raise ValueError(f"confusion matrix {matrix.shape} does not match {len(labels)} labels")
-    trace = dict(type="heatmap", z=matrix, x=list(labels), y=list(labels), colorscale="Blues", showscale=False,
-                 text=matrix, texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>")
-    layout = dict(title=dict(text=title), height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                  xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed")
-    return go.Figure(dict(data=[trace], layout=layout))
+    return _annotated_heatmap(matrix, labels, labels, matrix, "true %{y}, predicted %{x}: %{z}",
+                              ("predicted", "true"), title, height, colorscale="Blues", showscale=False)
+
+
+def transport_matrix_figure(matrix: pd.DataFrame, title: str = "", height: int = 360) -> go.Figure:
+    """Mean simulated LVEF (%) per source group (rows) and target group (columns), as
+    :func:`cvae.transport_study.group_matrix` gives it; empty cells (no pair) stay blank."""
+    z = matrix.to_numpy(dtype=float)
+    text = np.where(np.isfinite(z), np.char.mod("%.0f", np.nan_to_num(z)), "")
+    return _annotated_heatmap(z, matrix.columns.astype(str), matrix.index.astype(str), text,
+                              "motion of %{y} on %{x} anatomy: LVEF %{z:.1f} %", ("target group (anatomy)",
+                              "source group (motion)"), title, height, name="LVEF", colorscale="RdYlGn", zmin=10, zmax=70,
+                              colorbar=dict(title=dict(text="LVEF (%)")))
 
 
 def timing_figure(seconds: Mapping[str, float], height: int = 300) -> go.Figure:

@@ -37,7 +37,7 @@ from .paths import cache_root, data_root
 
 __all__ = ["encode_cohort", "latent_dim_of", "mu_columns", "sigma_columns", "check_table", "decode_codes",
            "prior_codes", "sample", "walk", "transport", "warped_label_measures", "uncertainty", "as_image",
-           "write_csv", "main", "TABLE_VERSION", "WARPED_MEASURES"]
+           "write_csv", "cached_table_path", "main", "TABLE_VERSION", "WARPED_MEASURES"]
 
 #: Bump when the columns or the computation of the cohort table change, so that cached tables are rebuilt.
 TABLE_VERSION = "1"
@@ -295,6 +295,15 @@ def _table_path(weights: str, dataset: PairDataset, split: str | None) -> Path:
     return cache_root() / "latent" / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.csv"
 
 
+def cached_table_path(model_or_checkpoint: CVAERegistration | str | os.PathLike,
+                      root: str | os.PathLike | None = None, split: str | None = "testing",
+                      spacing: Sequence[float] | None = None) -> Path:
+    """Where :func:`encode_cohort` caches the table of this model and cohort (the file may not exist yet)."""
+    size, _, grid, weights = _model_source(model_or_checkpoint, spacing)
+    dataset = PairDataset(root if root is not None else data_root(), split=split, size=size, spacing=grid)
+    return _table_path(weights, dataset, split)
+
+
 def _read_table(path: Path, latent_dim: int) -> pd.DataFrame | None:
     """A cached table, or ``None`` (with a warning) when it is unreadable or of another latent size."""
     if not path.is_file():
@@ -375,9 +384,9 @@ def encode_cohort(model_or_checkpoint: CVAERegistration | str | os.PathLike,
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    size, latent_dim, grid, weights = _model_source(model_or_checkpoint, spacing)
+    size, latent_dim, grid, _ = _model_source(model_or_checkpoint, spacing)
     dataset = PairDataset(root if root is not None else data_root(), split=split, size=size, spacing=grid)
-    path = _table_path(weights, dataset, split)
+    path = cached_table_path(model_or_checkpoint, root, split, spacing)
     if cache:
         table = _read_table(path, latent_dim)
         if table is not None:

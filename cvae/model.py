@@ -28,7 +28,8 @@ class ModelConfig:
     (sigma_S) and ``sigma_lcc`` (sigma_G) are in voxels; ``n_steps`` is N of scaling and squaring;
     ``integration_downsample`` is the grid reduction at which scaling and squaring runs (1: full resolution; 2 is
     faster but less inverse-consistent, see ``benchmarks/RESULTS.md``); ``lam`` weighs the similarity term against
-    the KL divergence. The last decoder stages are thin because they run at full resolution.
+    the KL divergence. The last decoder stages are thin because they run at full resolution. ``film`` lets the code
+    also scale and shift the features of every decoder stage (see :class:`Decoder`).
     """
 
     image_size: tuple[int, int, int] = (128, 128, 32)
@@ -44,6 +45,7 @@ class ModelConfig:
     lam: float = 5000.0
     sigma_lcc: float = 2.0
     kernel_lcc: int = 9
+    film: bool = False
 
     def __post_init__(self) -> None:
         for name in ("image_size", "encoder_channels", "encoder_strides", "decoder_channels"):
@@ -157,6 +159,9 @@ class RegistrationResult:
 
 #: Initial log-variance of q(z | F, M), see :class:`Encoder`.
 LOGVAR_INIT = -6.0
+#: The encoder's log-variance is clamped to this range (sigma from 0.007 to 7.4): one large optimiser step cannot
+#: make ``exp(logvar)`` overflow and end a training run.
+LOGVAR_RANGE = (-10.0, 4.0)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -184,7 +189,7 @@ class Encoder(nn.Module):
 
     def forward(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(pair).flatten(1)
-        return self.mu(h), self.logvar(h)
+        return self.mu(h), self.logvar(h).clamp(*LOGVAR_RANGE)
 
 
 class Decoder(nn.Module):
@@ -192,6 +197,12 @@ class Decoder(nn.Module):
 
     One fully connected layer to the bottleneck, then one transposed convolution per scale up to full resolution;
     ``M``, down-sampled to each scale by trilinear interpolation, is concatenated to the features at every scale.
+
+    With ``film`` the code also modulates every stage's features, ``h -> h * (1 + gamma(z)) + beta(z)`` per channel
+    (feature-wise linear modulation, Perez et al. 2018). Through the bottleneck alone the code can only add a pattern
+    at fixed positions, while the motion to predict is "this heart, contracting more or less"; the decoder then
+    learns the motion from M and ignores the code (posterior collapse). A per-channel gain on features that already
+    follow the anatomy expresses it directly.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -210,15 +221,28 @@ class Decoder(nn.Module):
         self.velocity = nn.Conv3d(cfg.head_channels, 3, 3, padding=1)
         nn.init.normal_(self.velocity.weight, std=1e-5)
         nn.init.zeros_(self.velocity.bias)
+        self.film = nn.ModuleList()
+        if cfg.film:
+            for channels in (*cfg.decoder_channels, cfg.head_channels):
+                layer = nn.Linear(cfg.latent_dim, 2 * channels)
+                nn.init.normal_(layer.weight, std=0.05)
+                nn.init.zeros_(layer.bias)
+                self.film.append(layer)
+
+    def _modulate(self, h: torch.Tensor, z: torch.Tensor, stage: int) -> torch.Tensor:
+        if not self.film:
+            return h
+        gamma, beta = self.film[stage](z).view(z.shape[0], 2, -1, 1, 1, 1).unbind(dim=1)
+        return h * (1.0 + gamma) + beta
 
     def forward(self, z: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(z.shape[0], self.bottleneck_channels, *self.bottleneck)
         if moving.shape[0] == 1 and z.shape[0] > 1:
             moving = moving.expand(z.shape[0], *moving.shape[1:])
-        for up in self.ups:
-            h = up(torch.cat([h, _resize(moving, h.shape[2:])], dim=1))
-        h = torch.cat([h, moving], dim=1)
-        return self.velocity(self.head(h))
+        for stage, up in enumerate(self.ups):
+            h = self._modulate(up(torch.cat([h, _resize(moving, h.shape[2:])], dim=1)), z, stage)
+        h = self._modulate(self.head(torch.cat([h, moving], dim=1)), z, len(self.ups))
+        return self.velocity(h)
 
 
 def _resize(image: torch.Tensor, size: torch.Size) -> torch.Tensor:
@@ -288,18 +312,24 @@ class CVAERegistration(nn.Module):
                                   inverse_displacement=self.exponentiate(-v) if inverse else None,
                                   jacobian=jacobian_determinant(u), mu=mu, logvar=logvar)
 
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, kl_weight: float = 1.0,
+                condition_dropout: float = 0.0) -> dict[str, torch.Tensor]:
         """Training loss terms for a batch, each a scalar (batch mean).
 
-        ``loss = lam * (1 - lcc) + kl``; ``similarity = lam * (1 - lcc)``; ``lcc`` is the symmetric LCC;
-        ``kl`` in nats. ``z`` is sampled by the reparameterisation trick.
+        ``loss = lam * (1 - lcc) + kl_weight * kl``; ``similarity = lam * (1 - lcc)``; ``lcc`` is the symmetric LCC;
+        ``kl`` in nats. ``z`` is sampled by the reparameterisation trick. ``kl_weight < 1`` serves the KL warm-up of
+        training (the objective is the ELBO only at 1). With probability ``condition_dropout`` (drawn from torch's
+        global generator) the decoder is conditioned on a blank image instead of M for this batch, the loss still
+        comparing the real F and M: the motion must then come through ``z``, which keeps the code from collapsing
+        (the image counterpart of word dropout, Bowman et al. 2016).
         """
         mu, logvar = self.encode(fixed, moving)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        v = self.velocity(z, moving)
+        blank = condition_dropout > 0 and bool(torch.rand(()) < condition_dropout)
+        v = self.velocity(z, torch.zeros_like(moving) if blank else moving)
         cfg = self.config
         lcc = symmetric_lcc(fixed, moving, v, cfg.n_steps, cfg.sigma_lcc, cfg.kernel_lcc,
                             cfg.integration_downsample).mean()
         kl = kl_divergence(mu, logvar).mean()
         similarity = cfg.lam * (1.0 - lcc)
-        return {"loss": similarity + kl, "similarity": similarity, "kl": kl, "lcc": lcc}
+        return {"loss": similarity + kl_weight * kl, "similarity": similarity, "kl": kl, "lcc": lcc}

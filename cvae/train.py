@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,14 @@ class TrainConfig:
     weight_decay: float = 1e-4             # L2
     latent_dim: int = 16                   # d
     lam: float = 5000.0                    # lambda of the Boltzmann likelihood
+    kl_delay: int = 0                      # steps without the KL term (a deterministic autoencoder) at the start
+    kl_warmup: int = 0                     # then steps over which the KL weight rises linearly from 0 to 1
+    encoder_lr_scale: float = 1.0          # the encoder learns this many times faster (against a lagging encoder)
+    condition_dropout: float = 0.0         # probability that a step's decoder sees a blank image instead of M
     sigma_smooth: float = 3.0              # sigma_S of the velocity smoothing (voxels)
     sigma_lcc: float = 2.0                 # sigma_G of the LCC windows (voxels)
     n_steps: int = 4                       # N of scaling and squaring
+    film: bool = True                      # the code also modulates every decoder stage (see cvae.model.Decoder)
     image_size: tuple[int, int, int] = (128, 128, 32)
     spacing: tuple[float, float, float] = (1.5, 1.5, 3.15)
     model_overrides: dict = field(default_factory=dict)  # other ModelConfig fields (e.g. smaller channels)
@@ -77,7 +83,7 @@ class TrainConfig:
         return ModelConfig.from_dict({**ModelConfig().to_dict(), "image_size": self.image_size,
                                       "latent_dim": self.latent_dim, "lam": self.lam,
                                       "sigma_smooth": self.sigma_smooth, "sigma_lcc": self.sigma_lcc,
-                                      "n_steps": self.n_steps, **self.model_overrides})
+                                      "n_steps": self.n_steps, "film": self.film, **self.model_overrides})
 
 
 class StopFlag:
@@ -119,22 +125,41 @@ def rewind_log(path: Path, step: int) -> None:
 
 @torch.no_grad()
 def validate(model: CVAERegistration, dataset: PairDataset, indices: list[int], device: torch.device) -> dict:
-    """Mean Dice (five structures, warped ED labels vs ES labels) and negative-Jacobian fraction on ``indices``."""
+    """Mean Dice (five structures, warped ED labels vs ES labels) and negative-Jacobian fraction on ``indices``.
+
+    For the CVAE also ``val_dice_other_code``: the Dice when each pair is decoded with the code ``mu`` of the next
+    validation pair instead of its own. Equal to ``val_dice``, the code carries nothing about the pair (posterior
+    collapse: the decoder predicts the motion from M alone); the gap is what the code adds.
+    """
     model.eval()
-    dices, folding = [], []
-    for i in indices:
-        item = dataset[i]
+    dices, folding, others, codes = [], [], [], []
+    items = [dataset[i] for i in indices]
+    for item in items:
         fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
         result = model.register(fixed, moving, inverse=False)
         folding.append(negative_jacobian_fraction(result.jacobian))
-        if "moving_label" in item:
-            warped = warp(item["moving_label"][None].float().to(device), result.displacement, mode="nearest")
-            warped, ref = warped[0, 0].cpu().numpy(), item["fixed_label"][0].numpy()
-            dices.append(np.nanmean([dice(np.isin(warped, v), np.isin(ref, v), name=s)
-                                     for s, v in STRUCTURES.items()]))
+        codes.append(result.mu)
+        dices.append(_label_dice(item, result.displacement))
+    if isinstance(model, CVAERegistration) and len(items) > 1:
+        for k, item in enumerate(items):
+            other = model.decode(codes[(k + 1) % len(items)], item["moving"][None].to(device))
+            others.append(_label_dice(item, other.displacement))
     model.train()
-    return {"val_dice": float(np.mean(dices)) if dices else float("nan"),
-            "val_negative_jacobian": float(np.mean(folding))}
+    dices, others = [d for d in dices if d is not None], [d for d in others if d is not None]
+    scores = {"val_dice": float(np.mean(dices)) if dices else float("nan"),
+              "val_negative_jacobian": float(np.mean(folding))}
+    if others:
+        scores["val_dice_other_code"] = float(np.mean(others))
+    return scores
+
+
+def _label_dice(item: dict, displacement: torch.Tensor) -> float | None:
+    """Mean Dice of the five structures: ``item``'s ED labels warped by ``displacement`` against its ES labels."""
+    if "moving_label" not in item:
+        return None
+    warped = warp(item["moving_label"][None].float().to(displacement.device), displacement, mode="nearest")
+    warped, ref = warped[0, 0].cpu().numpy(), item["fixed_label"][0].numpy()
+    return float(np.nanmean([dice(np.isin(warped, v), np.isin(ref, v), name=s) for s, v in STRUCTURES.items()]))
 
 
 def _param_checksum(model: torch.nn.Module) -> float:
@@ -153,14 +178,16 @@ class RunState:
 def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: PairDataset,
         train_idx: list[int], val_idx: list[int], cfg: Any, state: RunState,
         save: Callable[[RunState, str, dict | None], None], log: Any, device: torch.device, *, rank: int = 0,
-        world: int = 1, progress: bool = False) -> RunState:
+        world: int = 1, progress: bool = False,
+        schedule: Callable[[int], dict[str, float]] | None = None) -> RunState:
     """The training loop shared by the CVAE and the VoxelMorph baseline.
 
     ``net`` (``model`` itself or its DDP wrapper) maps ``(fixed, moving)`` to a dict of loss terms with ``"loss"``;
     ``model.register(fixed, moving, inverse=False)`` serves validation. ``cfg`` gives ``steps``, ``batch_size``,
     ``seed``, ``augment``, ``spacing``, ``val_every``, ``save_every`` and ``time_limit_min``. Rank 0 writes one JSON
     line per step and per validation to ``log``, keeps ``best`` and ``last`` through ``save(state, folder, metrics)``,
-    and validates once more when the run stops between validations.
+    and validates once more when the run stops between validations. ``schedule(step)`` gives extra keyword
+    arguments of ``net`` for that step (the CVAE's KL weight during warm-up); they are logged with the loss terms.
     """
     sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
@@ -190,14 +217,15 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
             if augment is not None:
                 gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step) * world + rank)
                 batch = augment_batch(batch, augment, gen, cfg.spacing)
-            terms = net(batch["fixed"].to(device), batch["moving"].to(device))
+            extra = schedule(step) if schedule is not None else {}
+            terms = net(batch["fixed"].to(device), batch["moving"].to(device), **extra)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
             state.step += 1
             elapsed = time.perf_counter() - tic
             state.wall += elapsed
-            values = {k: round(float(v.detach()), 6) for k, v in terms.items()}
+            values = {k: round(float(v.detach()), 6) for k, v in terms.items()} | extra
             if rank == 0:
                 log.write(json.dumps({"kind": "train", "step": state.step, **values, "sec": round(elapsed, 4)})
                           + "\n")
@@ -222,6 +250,35 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
     return state
 
 
+def make_optimizer(model: CVAERegistration, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam with L2 weight decay; the encoder's learning rate is ``cfg.encoder_lr_scale`` times ``cfg.lr``.
+
+    A decoder conditioned on M learns the average motion for an anatomy within a few hundred steps, before the
+    encoder has found the subject-specific part; from then on the code gets little gradient and the posterior
+    collapses (He et al., ICLR 2019, "lagging inference networks"). A faster encoder keeps up with the decoder.
+    """
+    encoder = list(model.encoder.parameters())
+    inside = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if id(p) not in inside]
+    groups = [{"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale, "lr_scale": cfg.encoder_lr_scale},
+              {"params": rest, "lr": cfg.lr, "lr_scale": 1.0}]
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def loss_schedule(cfg: TrainConfig, step: int) -> dict[str, float]:
+    """Keyword arguments of the CVAE's ``forward`` at step ``step`` (0-based): the KL weight is 0 for the first
+    ``cfg.kl_delay`` steps, then rises linearly from 0 to 1 over ``cfg.kl_warmup`` steps; ``condition_dropout`` as
+    configured.
+
+    Why a delay and not only a ramp: Adam scales each parameter's step by its own gradient history, so on the
+    code's parameters, whose similarity gradient is small and noisy while the code is still uninformative, even a
+    KL weight of 0.001 moves them at full speed toward the prior and the code collapses before it carries anything.
+    """
+    ramp = step - cfg.kl_delay
+    weight = 0.0 if ramp < 0 else min(1.0, ramp / cfg.kl_warmup) if cfg.kl_warmup > 0 else 1.0
+    return {"kl_weight": weight, "condition_dropout": cfg.condition_dropout}
+
+
 def held_out_split(cfg: Any) -> tuple[PairDataset, list[int], list[int]]:
     """The training cohort of ``cfg`` (``data``, ``image_size``, ``spacing``, ``cache_dir``) with its last
     ``val_subjects`` subjects held out for validation: ``(dataset, train indices, validation indices)``."""
@@ -233,12 +290,15 @@ def held_out_split(cfg: Any) -> tuple[PairDataset, list[int], list[int]]:
 def resume_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  **group_overrides: float) -> RunState:
     """Load weights and optimiser of a training checkpoint ``folder`` into ``model`` / ``optimizer`` and return where
-    the run stood; ``group_overrides`` (e.g. ``lr=1e-3``) replace the saved optimiser settings."""
+    the run stood; ``group_overrides`` (e.g. ``lr=1e-3``) replace the saved optimiser settings (a group's ``lr`` is
+    multiplied by its ``lr_scale``)."""
     load_weights(model, folder)
     opt_state, trainer = load_training_state(folder)
     optimizer.load_state_dict(opt_state)
     for group in optimizer.param_groups:
         group.update(group_overrides)
+        if "lr" in group_overrides:
+            group["lr"] = group_overrides["lr"] * group.get("lr_scale", 1.0)
     return RunState(trainer["step"], trainer["best_dice"], trainer["wall_time_s"])
 
 
@@ -263,7 +323,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = CVAERegistration(cfg.model_config()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     state = RunState()
     if cfg.resume and (out / "last").is_dir():  # the command line may continue with a new learning rate
         state = resume_state(out / "last", model, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -282,7 +342,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     with open(log_path, "a", buffering=1) if rank == 0 else nullcontext() as log:
         state = fit(net, model, optimizer, dataset, train_idx, val_idx, cfg, state, save, log,
-                    device, rank=rank, world=world, progress=progress)
+                    device, rank=rank, world=world, progress=progress, schedule=partial(loss_schedule, cfg))
         if world > 1:
             checksums = [None] * world
             dist.all_gather_object(checksums, _param_checksum(model))

@@ -5,6 +5,7 @@ import streamlit as st
 
 from cvae import app_state as S
 from cvae import figures as F
+from cvae.transport_study import group_matrix, target_lvef
 
 VIEW_TITLES = {"axial": "axial (short axis)", "coronal": "coronal", "sagittal": "sagittal"}
 
@@ -47,6 +48,23 @@ def main() -> None:
     st.dataframe(transported.table.style.format(precision=1, na_rep="–"))
     st.caption("Volumes in mL, ejection fractions in %, from the segmentations on the model grid: the simulated ES "
                "volume is the target's ED segmentation carried along by the transported deformation.")
+    _group_table(checkpoint, root)
+
+
+@S.guard
+def _group_table(checkpoint: str, root: str) -> None:
+    st.subheader("Every group's motion on every group's anatomy")
+    st.caption(f"The codes of {S.TRANSPORT_SOURCES} subjects per group (rows) decoded for the ED images of "
+               f"{S.TRANSPORT_TARGETS} subjects per group (columns): the mean LVEF of the simulated ES. If the code "
+               "carries the motion, each row keeps its group's ejection fraction whatever the anatomy (DCM and MINF "
+               "low, NOR, HCM and RV normal or high).")
+    if not S.transport_study_cached(checkpoint, root) and not st.button(
+            "Compute the table (about a minute on a laptop CPU, then cached on disk)", key="transport_table_run"):
+        return
+    pairs = S.transport_pairs(checkpoint, root)
+    st.plotly_chart(F.transport_matrix_figure(group_matrix(pairs, "LVEF")), key="transport_matrix")
+    st.caption("Real LVEF of the targets (%): " + ", ".join(f"{g} {v:.0f}" for g, v in target_lvef(pairs).items())
+               + f". {len(pairs[pairs['source'] != pairs['target']])} transported pairs.")
 
 
 main()

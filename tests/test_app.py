@@ -223,6 +223,23 @@ def test_transport_compares_source_target_and_simulation(env):
     assert at.dataframe[0].value.index[0] != table.index[0]
 
 
+def test_transport_group_table_is_computed_on_request_then_cached(env):
+    at = open_page("transport")
+    assert not S.transport_study_cached(env["CVAE_CHECKPOINT"], env["CVAE_DATA"])
+    assert len(charts(at)) == 1  # the images only, until the button
+    at.button(key="transport_table_run").click().run()
+    assert_clean(at)
+    matrix = next(c for c in charts(at) if c["data"][0].get("texttemplate"))
+    groups = ["NOR", "DCM", "HCM", "MINF", "RV"]
+    assert matrix["data"][0]["x"] == groups and matrix["data"][0]["y"] == groups
+    assert trace_z(matrix, "LVEF").shape == (5, 5)
+    assert np.isfinite(trace_z(matrix, "LVEF")[~np.eye(5, dtype=bool)]).all()  # self pairs only on the diagonal
+    assert S.transport_study_cached(env["CVAE_CHECKPOINT"], env["CVAE_DATA"])
+    again = open_page("transport")  # a new session reads the table from disk, no button
+    assert_clean(again)
+    assert len(charts(again)) == 2
+
+
 def test_embedding_projects_classifies_and_opens_a_subject(env):
     at = open_page("embedding")
     assert_clean(at)

@@ -68,6 +68,46 @@ def test_loss_terms_and_a_few_steps_reduce_the_loss():
     assert float(((r.warped - fixed) ** 2).mean()) < 0.5 * float(((moving - fixed) ** 2).mean())
 
 
+def test_film_lets_the_code_scale_the_decoder_features():
+    torch.manual_seed(0)
+    plain, film = CVAERegistration(**SMALL), CVAERegistration(**SMALL, film=True)
+    # one (gamma, beta) pair per channel of each decoder stage and of the head: 2 * (8 + 8 + 4 + 4) outputs of d -> .
+    assert film.num_parameters() - plain.num_parameters() == 2 * (8 + 8 + 4 + 4) * (16 + 1)
+    _, moving = blob_pair(SMALL["image_size"], 0.0)
+    with torch.no_grad():
+        film.decoder.fc.weight.zero_()  # the bottleneck no longer sees z: any effect of z comes through FiLM
+        film.decoder.velocity.weight.normal_(std=0.1)
+        z = torch.randn(2, 16)
+        v = film.decoder(z, moving)
+        assert float((v[0] - v[1]).abs().max()) > 1e-3
+        for layer in film.decoder.film:
+            layer.weight.zero_()
+        v = film.decoder(z, moving)
+        assert torch.equal(v[0], v[1])
+
+
+def test_condition_dropout_blanks_the_decoder_condition_but_not_the_loss(monkeypatch):
+    torch.manual_seed(0)
+    model = CVAERegistration(**SMALL)
+    fixed, moving = blob_pair(SMALL["image_size"], 3.0)
+    seen = []
+    original = model.velocity
+    monkeypatch.setattr(model, "velocity", lambda z, condition: seen.append(condition) or original(z, condition))
+    with torch.no_grad():
+        model(fixed, moving, condition_dropout=1.0)
+        model(fixed, moving, condition_dropout=0.0)
+        torch.manual_seed(1)
+        blanks = [model(fixed, moving, condition_dropout=0.3) for _ in range(100)]
+    assert float(seen[0].abs().max()) == 0.0 and torch.equal(seen[1], moving)
+    n_blank = sum(float(c.abs().max()) == 0.0 for c in seen[2:])
+    assert 15 <= n_blank <= 45  # Binomial(100, 0.3): mean 30, sd 4.6
+    # the similarity still compares the real images: a blank M would give no correlation at all
+    assert all(float(t["lcc"]) > 0.1 for t in blanks)
+    with torch.no_grad():
+        weighted = model(fixed, moving, kl_weight=0.25)
+    assert torch.allclose(weighted["loss"], weighted["similarity"] + 0.25 * weighted["kl"])
+
+
 @pytest.mark.parametrize("fixed, moving, message", [
     (torch.zeros(1, 32, 32, 16), torch.zeros(1, 32, 32, 16), "rank 5"),
     (torch.zeros(1, 2, 32, 32, 16), torch.zeros(1, 2, 32, 32, 16), "1 channel"),

@@ -13,7 +13,7 @@ import torch
 
 from cvae.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from cvae.model import CVAERegistration
-from cvae.train import TrainConfig, train
+from cvae.train import TrainConfig, held_out_split, train, validate
 
 from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING
 
@@ -31,10 +31,12 @@ def train_losses(out: Path) -> dict[int, float]:
 
 
 def test_resume_continues_exactly(tiny_cohort, tiny_cache, tmp_path):
-    full = train(tiny_config(tiny_cohort, tmp_path / "full", tiny_cache, steps=6), progress=False)
-    train(tiny_config(tiny_cohort, tmp_path / "cut", tiny_cache, steps=3), progress=False)
+    schedule = dict(kl_delay=1, kl_warmup=2)
+    full = train(tiny_config(tiny_cohort, tmp_path / "full", tiny_cache, steps=6, **schedule), progress=False)
+    train(tiny_config(tiny_cohort, tmp_path / "cut", tiny_cache, steps=3, **schedule), progress=False)
     # A killed run may have logged steps after its last checkpoint (step 2 here): resume must rewind them.
-    resumed = train(tiny_config(tiny_cohort, tmp_path / "cut", tiny_cache, steps=6, resume=True), progress=False)
+    resumed = train(tiny_config(tiny_cohort, tmp_path / "cut", tiny_cache, steps=6, resume=True, **schedule),
+                    progress=False)
     a, b = train_losses(full), train_losses(resumed)
     assert sorted(b) == list(range(1, 7))
     for step in range(1, 7):
@@ -43,8 +45,33 @@ def test_resume_continues_exactly(tiny_cohort, tiny_cache, tmp_path):
     wb = load_checkpoint(resumed / "last", "cpu")[0].state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
-    assert any(d["kind"] == "val" and 0 <= d["val_dice"] <= 1 for d in log)
+    assert any(d["kind"] == "val" and 0 <= d["val_dice"] <= 1 and 0 <= d["val_dice_other_code"] <= 1 for d in log)
     assert (full / "best" / "model.safetensors").is_file()
+    # KL delay of 1 step, then a 2-step ramp; loss = similarity + weight * KL
+    steps = [d for d in log if d["kind"] == "train"]
+    assert [d["kl_weight"] for d in steps] == [0.0, 0.0, 0.5, 1.0, 1.0, 1.0]
+    for d in steps:
+        assert d["loss"] == pytest.approx(d["similarity"] + d["kl_weight"] * d["kl"], rel=1e-5)
+        assert d["kl"] > 0
+
+
+def test_validation_measures_what_the_code_adds(tiny_cohort, tiny_cache):
+    cfg = tiny_config(tiny_cohort, Path("unused"), tiny_cache)
+    dataset, _, val_idx = held_out_split(cfg)
+    torch.manual_seed(0)
+    model = CVAERegistration(cfg.model_config())
+    with torch.no_grad():  # a decoder that moves the heart by several voxels, differently for different codes
+        model.decoder.fc.weight.normal_(std=50.0)
+        model.decoder.velocity.weight.normal_(std=0.5)
+        model.encoder.mu.weight.normal_(std=1.0)
+    informed = validate(model, dataset, val_idx, torch.device("cpu"))
+    assert abs(informed["val_dice_other_code"] - informed["val_dice"]) > 1e-3
+    with torch.no_grad():  # a decoder blind to z: another pair's code gives exactly the same deformation
+        model.decoder.fc.weight.zero_()
+        for layer in model.decoder.film:
+            layer.weight.zero_()
+    blind = validate(model, dataset, val_idx, torch.device("cpu"))
+    assert blind["val_dice_other_code"] == blind["val_dice"]
 
 
 def test_checkpoint_errors_are_one_line(tmp_path):
