@@ -138,7 +138,7 @@ def validate(model: CVAERegistration, dataset: PairDataset, indices: list[int], 
         fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
         result = model.register(fixed, moving, inverse=False)
         folding.append(negative_jacobian_fraction(result.jacobian))
-        codes.append(result.mu)
+        codes.append(getattr(result, "mu", None))
         dices.append(_label_dice(item, result.displacement))
     if isinstance(model, CVAERegistration) and len(items) > 1:
         for k, item in enumerate(items):
