@@ -167,3 +167,29 @@ def test_bad_input_exits_2(args, message, tiny_cohort, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("cvae evaluate: error:") and message in err[-1]
     assert not (tmp_path / "r").exists()
+
+
+def test_merging_runs_keeps_each_method_once_on_common_cases(run, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "merge_evaluations", Path(__file__).resolve().parent.parent / "benchmarks" / "merge_evaluations.py")
+    merger = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merger)
+    out = run[0]
+    cases = pd.read_csv(out / "cases.csv", dtype={"subject": str})
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    # run a: cvae and identity on both cases; run b: demons on one case, and a stale identity that must be ignored
+    cases[cases["method"] != "demons"].to_csv(first / "cases.csv", index=False)
+    one = cases["subject"].iloc[0]
+    stale = cases[(cases["subject"] == one) & (cases["method"] == "identity")].assign(dice=0.0)
+    pd.concat([cases[(cases["method"] == "demons") & (cases["subject"] == one)], stale]).to_csv(
+        second / "cases.csv", index=False)
+    assert merger.main([str(first), str(second), "--out", str(tmp_path / "merged")]) == 0
+    merged = pd.read_csv(tmp_path / "merged" / "cases.csv", dtype={"subject": str})
+    assert set(merged["subject"]) == {one} and set(merged["method"]) == {"cvae", "identity", "demons"}
+    expected = cases[cases["subject"] == one].sort_values(["method", "structure"])["dice"].to_numpy()
+    assert np.allclose(merged.sort_values(["method", "structure"])["dice"].to_numpy(), expected, equal_nan=True)
+    assert "1 common cases" in (tmp_path / "merged" / "summary.md").read_text()
+    assert merger.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
