@@ -202,7 +202,8 @@ class Decoder(nn.Module):
     (feature-wise linear modulation, Perez et al. 2018). Through the bottleneck alone the code can only add a pattern
     at fixed positions, while the motion to predict is "this heart, contracting more or less"; the decoder then
     learns the motion from M and ignores the code (posterior collapse). A per-channel gain on features that already
-    follow the anatomy expresses it directly.
+    follow the anatomy can express it directly. On the synthetic cohort FiLM raised the validation Dice (79.0 vs
+    75.8 % at comparable steps) but did not, by itself, make the code informative (model card of ``synthetic-acdc``).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -320,8 +321,8 @@ class CVAERegistration(nn.Module):
         ``kl`` in nats. ``z`` is sampled by the reparameterisation trick. ``kl_weight < 1`` serves the KL warm-up of
         training (the objective is the ELBO only at 1). With probability ``condition_dropout`` (drawn from torch's
         global generator) the decoder is conditioned on a blank image instead of M for this batch, the loss still
-        comparing the real F and M: the motion must then come through ``z``, which keeps the code from collapsing
-        (the image counterpart of word dropout, Bowman et al. 2016).
+        comparing the real F and M: the motion must then come through ``z``, which is meant to keep the code from
+        collapsing (the image counterpart of word dropout, Bowman et al. 2016; no effect within 250 steps here).
         """
         mu, logvar = self.encode(fixed, moving)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
