@@ -159,9 +159,9 @@ class RegistrationResult:
 
 #: Initial log-variance of q(z | F, M), see :class:`Encoder`.
 LOGVAR_INIT = -6.0
-#: The encoder's log-variance is clamped to this range (sigma from 0.007 to 7.4): one large optimiser step cannot
+#: The encoder's log-variance is clamped to this range (sigma from 3e-7 to 150): one large optimiser step cannot
 #: make ``exp(logvar)`` overflow and end a training run.
-LOGVAR_RANGE = (-10.0, 4.0)
+LOGVAR_RANGE = (-30.0, 10.0)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
