@@ -57,7 +57,8 @@ __all__ = [
     "create_demo_cohort", "cohort_subjects", "subject_options", "subject_pair", "pair_for", "Registration",
     "register_pair", "register_subject", "register_uploads", "outputs_zip", "subject_outputs_zip", "uploads_zip",
     "Decoded", "decode_pair", "subject_posterior", "decode_subject", "walk_slices", "posterior_std", "Transported",
-    "transport_subjects", "cohort_table", "projection", "classification", "friendly_message", "show_error", "guard",
+    "transport_subjects", "TRANSPORT_SOURCES", "TRANSPORT_TARGETS", "transport_study_cached", "transport_pairs",
+    "cohort_table", "projection", "classification", "friendly_message", "show_error", "guard",
     "subject_select", "selected_subject", "ensure_app_entry",
 ]
 

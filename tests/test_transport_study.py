@@ -12,7 +12,7 @@ from cvae.data.labels import GROUPS
 from cvae.figures import transport_matrix_figure
 from cvae.transport_study import cached_path, cohort_transport, group_matrix, pick, target_lvef
 from test_acdc import write_patient
-from test_latent import SIZE, cache, checkpoint  # noqa: F401  (fixtures)
+from test_latent import cache, checkpoint  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
