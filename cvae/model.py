@@ -314,7 +314,8 @@ class CVAERegistration(nn.Module):
                                   jacobian=jacobian_determinant(u), mu=mu, logvar=logvar)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, kl_weight: float = 1.0,
-                condition_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+                condition_dropout: float = 0.0, code_target: torch.Tensor | None = None,
+                code_weight: float = 0.0) -> dict[str, torch.Tensor]:
         """Training loss terms for a batch, each a scalar (batch mean).
 
         ``loss = lam * (1 - lcc) + kl_weight * kl``; ``similarity = lam * (1 - lcc)``; ``lcc`` is the symmetric LCC;
@@ -323,6 +324,8 @@ class CVAERegistration(nn.Module):
         global generator) the decoder is conditioned on a blank image instead of M for this batch, the loss still
         comparing the real F and M: the motion must then come through ``z``, which is meant to keep the code from
         collapsing (the image counterpart of word dropout, Bowman et al. 2016; no effect within 250 steps here).
+        With ``code_target`` ``(B, d)`` the loss also gets ``code_weight * code``, ``code`` being the mean squared
+        distance of ``mu`` to the target (the code warm-up of :mod:`cvae.warmup`).
         """
         mu, logvar = self.encode(fixed, moving)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
@@ -333,4 +336,8 @@ class CVAERegistration(nn.Module):
                             cfg.integration_downsample).mean()
         kl = kl_divergence(mu, logvar).mean()
         similarity = cfg.lam * (1.0 - lcc)
-        return {"loss": similarity + kl_weight * kl, "similarity": similarity, "kl": kl, "lcc": lcc}
+        terms = {"loss": similarity + kl_weight * kl, "similarity": similarity, "kl": kl, "lcc": lcc}
+        if code_target is not None:
+            terms["code"] = (mu - code_target).pow(2).mean()
+            terms["loss"] = terms["loss"] + code_weight * terms["code"]
+        return terms

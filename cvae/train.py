@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
@@ -43,6 +44,7 @@ from .device import resolve_device
 from .fields import warp
 from .metrics import dice, negative_jacobian_fraction
 from .model import CVAERegistration, ModelConfig
+from .warmup import SummaryPCA, warmup_weight
 
 
 @dataclass
@@ -61,6 +63,8 @@ class TrainConfig:
     kl_warmup: int = 0                     # then steps over which the KL weight rises linearly from 0 to 1
     encoder_lr_scale: float = 1.0          # the encoder learns this many times faster (against a lagging encoder)
     condition_dropout: float = 0.0         # probability that a step's decoder sees a blank image instead of M
+    code_warmup: int = 0                   # steps of the code warm-up (cvae.warmup): mu pulled to a motion summary
+    code_warmup_weight: float = 300.0      # its weight for the first half of those steps, then a fade to 0
     sigma_smooth: float = 3.0              # sigma_S of the velocity smoothing (voxels)
     sigma_lcc: float = 2.0                 # sigma_G of the LCC windows (voxels)
     n_steps: int = 4                       # N of scaling and squaring
@@ -184,8 +188,8 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
         schedule: Callable[[int], dict[str, float]] | None = None) -> RunState:
     """The training loop shared by the CVAE and the VoxelMorph baseline.
 
-    ``net`` (``model`` itself or its DDP wrapper) maps ``(fixed, moving)`` to a dict of loss terms with ``"loss"``;
-    ``model.register(fixed, moving, inverse=False)`` serves validation. ``cfg`` gives ``steps``, ``batch_size``,
+    ``net`` (``model``, an objective around it, or their DDP wrapper) maps ``(fixed, moving)`` to a dict of loss
+    terms with ``"loss"``; ``model.register(fixed, moving, inverse=False)`` serves validation. ``cfg`` gives ``steps``, ``batch_size``,
     ``seed``, ``augment``, ``spacing``, ``val_every``, ``save_every`` and ``time_limit_min``. Rank 0 writes one JSON
     line per step and per validation to ``log``, keeps ``best`` and ``last`` through ``save(state, folder, metrics)``,
     and validates once more when the run stops between validations. ``schedule(step)`` gives extra keyword
@@ -268,10 +272,24 @@ def make_optimizer(model: CVAERegistration, cfg: TrainConfig) -> torch.optim.Ada
     return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+class Objective(nn.Module):
+    """What a training step of the CVAE minimises: the model's loss terms, with the code warm-up target of each
+    batch (:class:`cvae.warmup.SummaryPCA`) while ``code_weight > 0``. Holds no parameters of its own."""
+
+    def __init__(self, model: CVAERegistration, target: SummaryPCA | None = None) -> None:
+        super().__init__()
+        self.model, self.target = model, target
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, kl_weight: float = 1.0,
+                condition_dropout: float = 0.0, code_weight: float = 0.0) -> dict[str, torch.Tensor]:
+        target = self.target(fixed, moving) if self.target is not None and code_weight > 0 else None
+        return self.model(fixed, moving, kl_weight, condition_dropout, code_target=target, code_weight=code_weight)
+
+
 def loss_schedule(cfg: TrainConfig, step: int) -> dict[str, float]:
-    """Keyword arguments of the CVAE's ``forward`` at step ``step`` (0-based): the KL weight is 0 for the first
+    """Keyword arguments of :class:`Objective` at step ``step`` (0-based): the KL weight is 0 for the first
     ``cfg.kl_delay`` steps, then rises linearly from 0 to 1 over ``cfg.kl_warmup`` steps; ``condition_dropout`` as
-    configured.
+    configured; the code warm-up weight (:func:`cvae.warmup.warmup_weight`) when ``cfg.code_warmup`` is set.
 
     Why a delay and not only a ramp: Adam scales each parameter's step by its own gradient history, so on the
     code's parameters, whose similarity gradient is small and noisy while the code is still uninformative, even a
@@ -279,7 +297,10 @@ def loss_schedule(cfg: TrainConfig, step: int) -> dict[str, float]:
     """
     ramp = step - cfg.kl_delay
     weight = 0.0 if ramp < 0 else min(1.0, ramp / cfg.kl_warmup) if cfg.kl_warmup > 0 else 1.0
-    return {"kl_weight": weight, "condition_dropout": cfg.condition_dropout}
+    extra = {"kl_weight": weight, "condition_dropout": cfg.condition_dropout}
+    if cfg.code_warmup > 0:
+        extra["code_weight"] = warmup_weight(step, cfg.code_warmup, cfg.code_warmup_weight)
+    return extra
 
 
 def held_out_split(cfg: Any) -> tuple[PairDataset, list[int], list[int]]:
@@ -333,7 +354,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         rewind_log(log_path, state.step)
-    net = DistributedDataParallel(model) if world > 1 else model
+    target = None
+    if cfg.code_warmup > 0 and state.step < cfg.code_warmup:
+        target = SummaryPCA.from_pairs(((dataset[i]["fixed"], dataset[i]["moving"]) for i in train_idx),
+                                       cfg.latent_dim).to(device)
+    objective = Objective(model, target)
+    net = DistributedDataParallel(objective) if world > 1 else objective
     training_info = {**asdict(cfg), "world_size": world, "hardware": f"{platform.processor() or platform.machine()}"
                      f", {os.cpu_count()} cores, {device.type}", "torch": torch.__version__}
 

@@ -31,7 +31,7 @@ def train_losses(out: Path) -> dict[int, float]:
 
 
 def test_resume_continues_exactly(tiny_cohort, tiny_cache, tmp_path):
-    schedule = dict(kl_delay=1, kl_warmup=2)
+    schedule = dict(kl_delay=1, kl_warmup=2, code_warmup=4, latent_dim=4)
     full = train(tiny_config(tiny_cohort, tmp_path / "full", tiny_cache, steps=6, **schedule), progress=False)
     train(tiny_config(tiny_cohort, tmp_path / "cut", tiny_cache, steps=3, **schedule), progress=False)
     # A killed run may have logged steps after its last checkpoint (step 2 here): resume must rewind them.
@@ -47,12 +47,16 @@ def test_resume_continues_exactly(tiny_cohort, tiny_cache, tmp_path):
     log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
     assert any(d["kind"] == "val" and 0 <= d["val_dice"] <= 1 and 0 <= d["val_dice_other_code"] <= 1 for d in log)
     assert (full / "best" / "model.safetensors").is_file()
-    # KL delay of 1 step, then a 2-step ramp; loss = similarity + weight * KL
+    # KL delay of 1 step, then a 2-step ramp; the code warm-up holds for 2 steps and fades over 2;
+    # loss = similarity + KL weight * KL + code weight * code
     steps = [d for d in log if d["kind"] == "train"]
     assert [d["kl_weight"] for d in steps] == [0.0, 0.0, 0.5, 1.0, 1.0, 1.0]
+    assert [d["code_weight"] for d in steps] == [300.0, 300.0, 300.0, 150.0, 0.0, 0.0]
     for d in steps:
-        assert d["loss"] == pytest.approx(d["similarity"] + d["kl_weight"] * d["kl"], rel=1e-5)
+        code = d["code_weight"] * d["code"] if "code" in d else 0.0
+        assert d["loss"] == pytest.approx(d["similarity"] + d["kl_weight"] * d["kl"] + code, rel=1e-5)
         assert d["kl"] > 0
+    assert all(d["code"] > 0 for d in steps[:4]) and not any("code" in d for d in steps[4:])
 
 
 def test_validation_measures_what_the_code_adds(tiny_cohort, tiny_cache):
