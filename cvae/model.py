@@ -324,8 +324,8 @@ class CVAERegistration(nn.Module):
         global generator) the decoder is conditioned on a blank image instead of M for this batch, the loss still
         comparing the real F and M: the motion must then come through ``z``, which is meant to keep the code from
         collapsing (the image counterpart of word dropout, Bowman et al. 2016; no effect within 250 steps here).
-        With ``code_target`` ``(B, d)`` the loss also gets ``code_weight * code``, ``code`` being the mean squared
-        distance of ``mu`` to the target (the code warm-up of :mod:`cvae.warmup`).
+        With ``code_target`` ``(B, k)``, ``k <= d``, the loss also gets ``code_weight * code``, ``code`` being the
+        mean squared distance of the first ``k`` dimensions of ``mu`` to it (the code warm-up of :mod:`cvae.warmup`).
         """
         mu, logvar = self.encode(fixed, moving)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
@@ -338,6 +338,6 @@ class CVAERegistration(nn.Module):
         similarity = cfg.lam * (1.0 - lcc)
         terms = {"loss": similarity + kl_weight * kl, "similarity": similarity, "kl": kl, "lcc": lcc}
         if code_target is not None:
-            terms["code"] = (mu - code_target).pow(2).mean()
+            terms["code"] = (mu[:, :code_target.shape[1]] - code_target).pow(2).mean()
             terms["loss"] = terms["loss"] + code_weight * terms["code"]
         return terms

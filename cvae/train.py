@@ -59,11 +59,11 @@ class TrainConfig:
     weight_decay: float = 1e-4             # L2
     latent_dim: int = 16                   # d
     lam: float = 5000.0                    # lambda of the Boltzmann likelihood
-    kl_delay: int = 0                      # steps without the KL term (a deterministic autoencoder) at the start
-    kl_warmup: int = 0                     # then steps over which the KL weight rises linearly from 0 to 1
+    kl_delay: int = 1200                   # steps without the KL term (a deterministic autoencoder) at the start
+    kl_warmup: int = 800                   # then steps over which the KL weight rises linearly from 0 to 1
     encoder_lr_scale: float = 1.0          # the encoder learns this many times faster (against a lagging encoder)
     condition_dropout: float = 0.0         # probability that a step's decoder sees a blank image instead of M
-    code_warmup: int = 0                   # steps of the code warm-up (cvae.warmup): mu pulled to a motion summary
+    code_warmup: int = 1000                # steps of the code warm-up (cvae.warmup): mu pulled to a motion summary
     code_warmup_weight: float = 300.0      # its weight for the first half of those steps, then a fade to 0
     sigma_smooth: float = 3.0              # sigma_S of the velocity smoothing (voxels)
     sigma_lcc: float = 2.0                 # sigma_G of the LCC windows (voxels)

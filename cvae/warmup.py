@@ -48,14 +48,15 @@ class SummaryPCA(nn.Module):
 
     @classmethod
     def fit(cls, summaries: torch.Tensor, n_components: int) -> "SummaryPCA":
-        """PCA of ``summaries (N, n)``; the ``n_components`` leading scores of the cohort get unit variance.
+        """PCA of ``summaries (N, n)``; the leading scores of the cohort get unit variance.
 
-        Raises ``ValueError`` when there are fewer than 2 summaries or not enough of them for ``n_components``.
+        Keeps ``n_components`` components, or ``min(N - 1, n)`` when the cohort has fewer (the code's remaining
+        dimensions then get no target). Raises ``ValueError`` for fewer than 2 summaries.
         """
         n, features = summaries.shape
-        if n < 2 or n_components > min(n - 1, features):
-            raise ValueError(f"the code warm-up needs more than {n_components} training pairs for a "
-                             f"{n_components}-D code, got {n}: lower --code-warmup to 0 or add subjects")
+        if n < 2:
+            raise ValueError(f"the code warm-up needs at least 2 training pairs, got {n}: set --code-warmup 0")
+        n_components = min(n_components, n - 1, features)
         summaries = summaries.double()
         mean = summaries.mean(dim=0)
         _, singular, vh = torch.linalg.svd(summaries - mean, full_matrices=False)
@@ -72,8 +73,12 @@ class SummaryPCA(nn.Module):
                      for f, m in pairs]
         return cls.fit(torch.cat(summaries), n_components)
 
+    @property
+    def n_components(self) -> int:
+        return int(self.projection.shape[1])
+
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        """Target codes ``(B, d)`` of a batch of pairs ``(B, 1, X, Y, Z)``."""
+        """Targets ``(B, k)`` of the code's first ``k = n_components`` dimensions for pairs ``(B, 1, X, Y, Z)``."""
         return (motion_summary(fixed, moving) - self.mean) @ self.projection
 
 

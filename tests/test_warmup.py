@@ -47,8 +47,9 @@ def test_summary_pca_target_of_image_pairs():
     target = pca(fixed, moving)
     assert target.shape == (6, 4)
     np.testing.assert_allclose(target.std(0).numpy(), 1.0, atol=1e-4)
-    with pytest.raises(ValueError, match="more than 16 training pairs"):
-        SummaryPCA.from_pairs(pairs, 16)
+    assert SummaryPCA.from_pairs(pairs, 16).n_components == 5  # 6 pairs have 5 components: only those get targets
+    with pytest.raises(ValueError, match="at least 2 training pairs"):
+        SummaryPCA.from_pairs(pairs[:1], 4)
 
 
 @pytest.mark.parametrize("step, expected", [(0, 300.0), (49, 300.0), (50, 300.0), (75, 150.0), (99, 6.0),
@@ -76,5 +77,10 @@ def test_objective_adds_the_weighted_code_term_only_while_it_lasts():
     assert float(terms["code"]) == pytest.approx(expected, rel=1e-5) and expected > 0.1
     assert float(terms["loss"]) == pytest.approx(float(terms["similarity"] + 0.5 * terms["kl"]
                                                        + 300.0 * terms["code"]), rel=1e-5)
+    few = Objective(model, SummaryPCA.from_pairs(pairs[:3], 4))  # 3 pairs: targets for the first 2 dimensions only
+    with torch.no_grad():
+        partial = few(fixed, moving, code_weight=1.0)
+    expected = float((mu[:, :2] - few.target(fixed, moving)).pow(2).mean())
+    assert few.target.n_components == 2 and float(partial["code"]) == pytest.approx(expected, rel=1e-5)
     assert "code" not in plain and float(plain["loss"]) == pytest.approx(float(terms["loss"] - 300 * terms["code"]),
                                                                          rel=1e-5)
