@@ -1,18 +1,19 @@
 """Code warm-up: a label-free starting target for the latent code, against posterior collapse.
 
 A freshly initialised encoder gives nearly the same code to every pair (on the synthetic cohort the codes of 32
-pairs differ by 0.001 while the posterior width is 0.05), so the decoder, which also sees M, learns the average
-motion of an anatomy from M and never finds a use for z; the encoder then gets no signal to become informative
-(posterior collapse, a saddle rather than the ELBO's optimum: the code stays unused even without the KL term).
+pairs have a standard deviation of 0.001-0.002 per dimension, against a posterior width of 0.05), so the decoder,
+which also sees M, learns the average motion of an anatomy from M and never finds a use for z; the encoder then
+gets no signal to become informative (posterior collapse, a saddle rather than the ELBO's optimum: the code stays
+unused even without the KL term).
 
 The warm-up breaks the saddle with a target the code can reach from the images alone: the *motion summary* of a
 pair, its difference image ``F - M`` averaged over a coarse grid of blocks (``SUMMARY_GRID``, 8 x 8 x 2 blocks, i.e.
 24 x 24 x 50 mm on the paper's 128 x 128 x 32 crop), whitened by the principal components of the training cohort.
-Where the heart contracts more, ``F - M`` is larger around the ventricles, so the leading components track the
-ejection and the displacement of the walls. For the first steps of training the code ``mu`` is pulled toward the
-pair's ``d`` leading whitened components (unit variance, like the prior N(0, I)); the pull then fades to zero and
-training continues on the paper's ELBO alone. Nothing here uses labels or ground-truth motion: it works the same on
-real ACDC.
+The target carries the motion: on the 224 synthetic training pairs a linear regression on its 16 components
+predicts the LV ejection fraction (from the labels) with a cross-validated R^2 of 0.88, the RV's with 0.74. For the
+first steps of training the code ``mu`` is pulled toward the pair's ``d`` leading whitened components (unit
+variance, like the prior N(0, I)); the pull then fades to zero and training continues on the paper's ELBO alone.
+Nothing here uses labels or ground-truth motion: it works the same on real ACDC.
 """
 from __future__ import annotations
 
