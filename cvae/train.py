@@ -189,11 +189,12 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
     """The training loop shared by the CVAE and the VoxelMorph baseline.
 
     ``net`` (``model``, an objective around it, or their DDP wrapper) maps ``(fixed, moving)`` to a dict of loss
-    terms with ``"loss"``; ``model.register(fixed, moving, inverse=False)`` serves validation. ``cfg`` gives ``steps``, ``batch_size``,
-    ``seed``, ``augment``, ``spacing``, ``val_every``, ``save_every`` and ``time_limit_min``. Rank 0 writes one JSON
-    line per step and per validation to ``log``, keeps ``best`` and ``last`` through ``save(state, folder, metrics)``,
-    and validates once more when the run stops between validations. ``schedule(step)`` gives extra keyword
-    arguments of ``net`` for that step (the CVAE's KL weight during warm-up); they are logged with the loss terms.
+    terms with ``"loss"``; ``model.register(fixed, moving, inverse=False)`` serves validation. ``cfg`` gives
+    ``steps``, ``batch_size``, ``seed``, ``augment``, ``spacing``, ``val_every``, ``save_every`` and
+    ``time_limit_min``. Rank 0 writes one JSON line per step and per validation to ``log``, keeps ``best`` and
+    ``last`` through ``save(state, folder, metrics)``, and validates once more when the run stops between
+    validations. ``schedule(step)`` gives extra keyword arguments of ``net`` for that step (the CVAE's KL and code
+    warm-up weights); they are logged with the loss terms.
     """
     sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)

@@ -36,7 +36,7 @@ def motion_summary(fixed: torch.Tensor, moving: torch.Tensor, grid: tuple[int, i
 
 
 class SummaryPCA(nn.Module):
-    """Whitened principal components of motion summaries: ``(B, n)`` summaries -> ``(B, d)`` scores.
+    """Whitened principal components of motion summaries: pairs ``(B, 1, X, Y, Z)`` -> ``(B, k)`` scores.
 
     Fitted once from a cohort (deterministically: an SVD), then fixed; the mean and the whitening projection are
     buffers, so the module moves with the model between devices and holds no trainable parameters.
