@@ -48,6 +48,7 @@ from cvae.fields import warp
 from cvae.metrics import mean_displacement_mm, negative_jacobian_fraction, structure_scores
 from cvae.model import CVAERegistration
 from cvae.paths import data_root
+from cvae.priors import CodePrior
 from cvae.register import register_files
 from cvae.uploads import Upload, staged_uploads
 
@@ -58,7 +59,7 @@ __all__ = [
     "register_pair", "register_subject", "register_uploads", "outputs_zip", "subject_outputs_zip", "uploads_zip",
     "Decoded", "decode_pair", "subject_posterior", "decode_subject", "walk_slices", "posterior_std", "Transported",
     "transport_subjects", "TRANSPORT_SOURCES", "TRANSPORT_TARGETS", "transport_study_cached", "transport_pairs",
-    "cohort_table", "projection", "classification", "friendly_message", "show_error", "guard",
+    "cohort_table", "cohort_code_prior", "projection", "classification", "friendly_message", "show_error", "guard",
     "subject_select", "selected_subject", "ensure_app_entry",
 ]
 
@@ -443,6 +444,12 @@ def cohort_table(checkpoint: str, root: str) -> pd.DataFrame:
     model, _ = get_model(checkpoint)
     return latent.encode_cohort(str(resolve_checkpoint(checkpoint)), root, split=_study_split(root),
                                 device=model.device)
+
+
+@st.cache_data(show_spinner="Fitting the cohort's code distribution…", max_entries=4)
+def cohort_code_prior(checkpoint: str, root: str) -> CodePrior:
+    """:func:`cvae.latent.cohort_prior` of :func:`cohort_table`: a Gaussian that draws codes like the cohort's."""
+    return latent.cohort_prior(cohort_table(checkpoint, root))
 
 
 def _study_split(root: str) -> str | None:

@@ -34,9 +34,10 @@ from .fields import warp
 from .metrics import negative_jacobian_fraction
 from .model import CVAERegistration, ModelConfig, RegistrationResult
 from .paths import cache_root, data_root
+from .priors import CodePrior, seeded_generator
 
 __all__ = ["encode_cohort", "latent_dim_of", "mu_columns", "sigma_columns", "check_table", "decode_codes",
-           "prior_codes", "sample", "walk", "transport", "warped_label_measures", "uncertainty", "as_image",
+           "prior_codes", "cohort_prior", "sample", "walk", "transport", "warped_label_measures", "uncertainty", "as_image",
            "write_csv", "cached_table_path", "main", "TABLE_VERSION", "WARPED_MEASURES"]
 
 #: Bump when the columns or the computation of the cohort table change, so that cached tables are rebuilt.
@@ -131,28 +132,37 @@ def decode_codes(model: CVAERegistration, z: torch.Tensor | np.ndarray, moving: 
         jacobian=torch.cat([p.jacobian for p in parts]), mu=codes, logvar=None)
 
 
-def _generator(seed: int | None) -> torch.Generator | None:
-    """A CPU generator (same draws on every device) or ``None`` for torch's global stream."""
-    return torch.Generator().manual_seed(int(seed)) if seed is not None else None
+def prior_codes(model: CVAERegistration, n: int, temperature: float = 1.0, seed: int | None = None,
+                prior: CodePrior | None = None) -> torch.Tensor:
+    """``n`` codes drawn from ``prior`` (default the model's ``N(0, I)``: ``z = temperature * eps``): ``(n, d)`` on
+    the CPU, repeatable with ``seed``. See :class:`cvae.priors.CodePrior` and :func:`cohort_prior`."""
+    d = model.config.latent_dim
+    prior = CodePrior.standard(d) if prior is None else prior
+    if prior.latent_dim != d:
+        raise ValueError(f"the prior is {prior.latent_dim}-D but the model has a {d}-D latent space: fit it to "
+                         "codes of this checkpoint")
+    return prior.draw(n, temperature, seed)
 
 
-def prior_codes(model: CVAERegistration, n: int, temperature: float = 1.0, seed: int | None = None
-                ) -> torch.Tensor:
-    """``n`` codes ``z = temperature * eps``, ``eps ~ N(0, I)``: ``(n, d)`` on the CPU, repeatable with ``seed``."""
-    if int(n) < 1:
-        raise ValueError(f"n must be >= 1 samples, got {n}")
-    if not np.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    return float(temperature) * torch.randn(int(n), model.config.latent_dim, generator=_generator(seed))
+def cohort_prior(table: pd.DataFrame) -> CodePrior:
+    """The Gaussian fit of a cohort's aggregate posterior (:meth:`CodePrior.aggregate`) from a table of
+    :func:`encode_cohort` (its ``mu_i`` and ``sigma_i`` columns): codes drawn from it stay where the cohort's are."""
+    d = check_table(table)
+    missing = [c for c in sigma_columns(d) if c not in table.columns]
+    if missing:
+        raise ValueError(f"table lacks the posterior widths {missing[0]}...: make it with encode_cohort or "
+                         "`cvae embed`")
+    return CodePrior.aggregate(table[mu_columns(d)].to_numpy(), table[sigma_columns(d)].to_numpy())
 
 
 def sample(model: CVAERegistration, moving: torch.Tensor | np.ndarray, n: int, temperature: float = 1.0,
-           seed: int | None = None, chunk: int = 8) -> RegistrationResult:
-    """``n`` deformations of ``moving`` drawn from the prior: ``z = temperature * eps``, ``eps ~ N(0, I)``.
+           seed: int | None = None, chunk: int = 8, prior: CodePrior | None = None) -> RegistrationResult:
+    """``n`` deformations of ``moving`` drawn from ``prior``, by default the model's ``N(0, I)``
+    (``z = temperature * eps``, ``eps ~ N(0, I)``); :func:`cohort_prior` gives one that stays near a cohort's codes.
 
     ``seed`` makes the draws repeatable (on any device). Returns a batch of ``n`` (see :func:`decode_codes`).
     """
-    return decode_codes(model, prior_codes(model, n, temperature, seed), moving, chunk)
+    return decode_codes(model, prior_codes(model, n, temperature, seed, prior), moving, chunk)
 
 
 def walk(model: CVAERegistration, moving: torch.Tensor | np.ndarray, z0: torch.Tensor | np.ndarray, dim: int,
@@ -225,7 +235,7 @@ def uncertainty(model: CVAERegistration, fixed: torch.Tensor | np.ndarray, movin
         raise ValueError(f"spacing must be three positive voxel sizes in mm, got {spacing!r}")
     f, m, chunk = as_image(fixed, model, "fixed"), as_image(moving, model, "moving"), _check_chunk(chunk)
     mu, logvar = model.encode(f, m)
-    eps = torch.randn(int(k), mu.shape[1], generator=_generator(seed)).to(mu)
+    eps = torch.randn(int(k), mu.shape[1], generator=seeded_generator(seed)).to(mu)
     z = mu + eps * torch.exp(0.5 * logvar)
     scale = scale.to(device=mu.device).view(1, 3, 1, 1, 1)
     count, mean, m2 = 0, None, None

@@ -34,20 +34,30 @@ def _code(d: int) -> tuple[float, ...]:
     return tuple(float(st.session_state[_key(i)]) for i in range(d))
 
 
+@S.guard
+def _sample_like_cohort(checkpoint: str, root: str, seed: int) -> None:
+    _set_code(S.cohort_code_prior(checkpoint, root).draw(1, seed=seed)[0].numpy())
+
+
 @st.fragment
 @S.guard
 def _explorer(checkpoint: str, root: str, subject: str, d: int) -> None:
     """Buttons, sliders and the decoded deformation; a fragment, so a slider move reruns only this part."""
     mu, sigma = S.subject_posterior(checkpoint, root, subject)
     rng = np.random.default_rng()
-    buttons = st.columns(3)
+    buttons = st.columns(4)
     buttons[0].button("Reset to the subject's code μ", on_click=_set_code, args=(mu,), icon=":material/restart_alt:")
     buttons[1].button("Randomise: z ~ q(z | ES, ED)", icon=":material/shuffle:",
                       on_click=lambda: _set_code(mu + sigma * rng.standard_normal(d)),
                       help="a sample of the posterior: another plausible registration of this pair")
     buttons[2].button("Sample from the prior N(0, I)", icon=":material/casino:",
                       on_click=lambda: _set_code(rng.standard_normal(d)),
-                      help="a random motion of the model's repertoire, applied to this heart")
+                      help="a random motion of the model's repertoire, applied to this heart (the paper's prior; "
+                      "some of its codes lie where no subject's code is)")
+    buttons[3].button("Sample like the cohort", icon=":material/groups:", on_click=_sample_like_cohort,
+                      args=(checkpoint, root, int(rng.integers(2 ** 31))),
+                      help="z from the Gaussian fitted to the codes of the cohort's subjects (their aggregate "
+                      "posterior): motions like the cohort's, applied to this heart")
     columns = st.columns(4)
     for i in range(d):
         columns[i % 4].slider(f"z{i + 1}", -LIMIT, LIMIT, step=STEP, key=_key(i))

@@ -187,6 +187,10 @@ def test_latent_walk_sliders_change_the_decoded_deformation(env):
     at.button[2].click().run()  # sample from the prior
     prior = np.array([at.slider(key=f"walk_z_{i}").value for i in range(16)])
     assert not np.allclose(prior, mu)
+    at.button[3].click().run()  # sample like the cohort: a code drawn from the fit of the cohort's codes
+    assert_clean(at)
+    like_cohort = np.array([at.slider(key=f"walk_z_{i}").value for i in range(16)])
+    assert not np.allclose(like_cohort, prior) and not np.allclose(like_cohort, mu)
     at.button[0].click().run()  # reset to mu
     np.testing.assert_allclose([at.slider(key=f"walk_z_{i}").value for i in range(16)], mu)
     metric_labels = [m.label for m in at.metric]

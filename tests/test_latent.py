@@ -16,7 +16,9 @@ from cvae.data.dataset import PairDataset
 from cvae.data.labels import GROUPS
 from cvae.fields import warp
 from cvae.model import CVAERegistration, ModelConfig
+from cvae.priors import CodePrior
 from test_acdc import write_patient
+from test_priors import cohort_codes
 
 SIZE = (24, 24, 8)
 SPACING = (2.0, 2.0, 6.0)
@@ -167,6 +169,25 @@ def test_sample_walk_and_transport(pair) -> None:
     torch.testing.assert_close(moved.displacement, at_z0.displacement)
 
 
+def test_cohort_prior_from_a_table_and_sampling_with_it(pair) -> None:
+    mu, sigma = cohort_codes(n=12, d=D)
+    table = pd.DataFrame({"subject": [f"s{i}" for i in range(12)], "group": ["NOR"] * 12,
+                          **{f"mu_{j + 1}": mu[:, j] for j in range(D)},
+                          **{f"sigma_{j + 1}": sigma[:, j] for j in range(D)}})
+    prior = latent.cohort_prior(table)
+    np.testing.assert_allclose(prior.cov, CodePrior.aggregate(mu, sigma).cov)
+    model = tiny_model()
+    drawn = latent.sample(model, pair.moving, 4, seed=2, prior=prior)
+    assert drawn.warped.shape == (4, 1, *SIZE)
+    torch.testing.assert_close(drawn.mu, prior.draw(4, seed=2))
+    standard = latent.sample(model, pair.moving, 4, seed=2)
+    assert (drawn.displacement - standard.displacement).abs().max() > 0.1  # the prior changes the motions
+    with pytest.raises(ValueError, match="posterior widths sigma_1"):
+        latent.cohort_prior(table.drop(columns=["sigma_1"]))
+    with pytest.raises(ValueError, match="the prior is 5-D but the model has a 3-D latent space"):
+        latent.prior_codes(model, 2, prior=CodePrior.standard(5))
+
+
 def test_transport_of_own_code_reproduces_registration(pair) -> None:
     model = tiny_model()
     fixed, moving = (torch.from_numpy(a)[None, None] for a in (pair.fixed, pair.moving))
@@ -261,17 +282,20 @@ def test_latent_claims_benchmark_runs_end_to_end(tmp_path: Path, checkpoint: Pat
     root = tmp_path / "cohort"
     for number in range(1, 11):  # two labelled phantoms per group
         write_patient(root / "testing", number, group=GROUPS[number % 5], seed=number)
+    for number in range(11, 14):  # the training codes the cohort prior is fitted to
+        write_patient(root / "training", number, group=GROUPS[number % 5], seed=number)
     args = ["--data", str(root), "--checkpoint", str(checkpoint), "--sources-per-group", "2", "--targets-per-group",
             "1", "--samples", "2", "--permutations", "3", "--device", "cpu", "--out", str(tmp_path / "claims.md")]
     with pytest.warns(UserWarning, match="reduced cross-validation from 10 to 2 folds"):
         assert claims.main(args) == 0
     text = capsys.readouterr().out
     assert text.strip() == (tmp_path / "claims.md").read_text().strip()
-    for heading in ("### Disease classification", "### Transport of deformation codes", "### Sampling from the prior",
+    for heading in ("### Disease classification", "### Transport of deformation codes", "### Sampling",
                     "| DCM -> NOR gives LVEF < 40 % | ", "| NOR -> NOR keeps LVEF > 50 % | "):
         assert heading in text
     # 10 sources x 5 targets - 5 self pairs; DCM -> NOR: 2 pairs, NOR -> NOR: the other NOR source only.
-    assert "45 pairs, self pairs left out" in text and "(10 deformations)" in text
+    assert "45 pairs, self pairs left out" in text and "(10 deformations per prior)" in text
+    assert re.search(r"\| N\(0, I\) \| \d+ / 10 .*\n\| aggregate posterior \(3 training codes\) \| \d+ / 10 ", text)
     assert re.search(r"DCM -> NOR gives LVEF < 40 % \| \d / 2 ", text)
     assert re.search(r"NOR -> NOR keeps LVEF > 50 % \| \d / 1 ", text)
     assert "own code (registration)" in text and "5 targets" in text
