@@ -37,8 +37,8 @@ from .paths import cache_root, data_root
 from .priors import CodePrior, seeded_generator
 
 __all__ = ["encode_cohort", "latent_dim_of", "mu_columns", "sigma_columns", "check_table", "decode_codes",
-           "prior_codes", "cohort_prior", "sample", "walk", "transport", "warped_label_measures", "uncertainty", "as_image",
-           "write_csv", "cached_table_path", "main", "TABLE_VERSION", "WARPED_MEASURES"]
+           "prior_codes", "cohort_prior", "sample", "walk", "transport", "warped_label_measures", "uncertainty",
+           "as_image", "write_csv", "cached_table_path", "main", "TABLE_VERSION", "WARPED_MEASURES"]
 
 #: Bump when the columns or the computation of the cohort table change, so that cached tables are rebuilt.
 TABLE_VERSION = "1"
