@@ -45,7 +45,8 @@ class CodePrior:
         """The Gaussian with the moments of a cohort's aggregate posterior, from its posteriors' means ``mu (n, d)``
         and standard deviations ``sigma (n, d)`` (one row per subject): mean ``E[mu]``, covariance
         ``Cov(mu) + diag(E[sigma^2])``: exactly the mean and covariance of the mixture
-        ``(1/n) sum_i N(mu_i, diag(sigma_i^2))`` (``Cov`` over the ``n`` subjects, divided by ``n``). :func:`cvae.latent.cohort_prior` reads them from a cohort table."""
+        ``(1/n) sum_i N(mu_i, diag(sigma_i^2))`` (``Cov`` over the ``n`` subjects, divided by ``n``).
+        :func:`cvae.latent.cohort_prior` reads them from a cohort table."""
         mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
         if mu.ndim != 2 or mu.shape != sigma.shape:
             raise ValueError(f"mu and sigma must both be (subjects, d), got {mu.shape} and {sigma.shape}")
