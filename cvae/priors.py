@@ -25,7 +25,7 @@ def seeded_generator(seed: int | None) -> torch.Generator | None:
 
 @dataclass(frozen=True)
 class CodePrior:
-    """The Gaussian ``N(mean, cov)`` over codes ``z (d,)``; ``name`` says where it comes from (for captions)."""
+    """The Gaussian ``N(mean, cov)`` over codes ``z (d,)``; ``name`` says where it comes from (in error messages)."""
 
     mean: np.ndarray  # (d,)
     cov: np.ndarray   # (d, d), symmetric positive definite
