@@ -49,6 +49,7 @@ from cvae.metrics import mean_displacement_mm, negative_jacobian_fraction, struc
 from cvae.model import CVAERegistration
 from cvae.paths import data_root
 from cvae.priors import CodePrior
+from cvae.refine import register_refined
 from cvae.register import register_files
 from cvae.uploads import Upload, staged_uploads
 
@@ -248,8 +249,9 @@ class Registration:
     """A registration on the model grid: what the viewer shows, the metrics table and a summary.
 
     ``metrics`` has one row per structure with Dice (%) and HD95 (mm) before and after registration (empty without
-    both segmentations); ``summary`` holds ``folding %``, ``mean |u| mm``, ``seconds``; ``mu``/``sigma`` ``(d,)``
-    are the posterior of the code.
+    both segmentations); ``summary`` holds ``folding %``, ``mean |u| mm``, ``seconds`` (and, for a refined code,
+    ``refine steps``, ``LCC before`` and ``LCC after``); ``mu``/``sigma`` ``(d,)`` are the posterior of the code
+    (``mu`` the refined code after a refinement).
     """
 
     volumes: RegistrationVolumes
@@ -271,12 +273,17 @@ def _structure_table(moving_label: np.ndarray, warped_label: np.ndarray, fixed_l
     return pd.concat([table, pd.DataFrame([{"structure": "mean", **mean.to_dict()}])], ignore_index=True)
 
 
-@torch.inference_mode()
-def register_pair(model: CVAERegistration, pair: PreprocessedPair) -> Registration:
-    """Register ``pair.moving`` (ED) to ``pair.fixed`` (ES) in one forward pass and measure the result."""
+def register_pair(model: CVAERegistration, pair: PreprocessedPair, refine_steps: int = 0) -> Registration:
+    """Register ``pair.moving`` (ED) to ``pair.fixed`` (ES) in one forward pass, or with the code refined by
+    ``refine_steps`` gradient steps first (:func:`cvae.refine.register_refined`), and measure the result."""
     fixed, moving = _tensor(pair.fixed, model), _tensor(pair.moving, model)
     start = time.perf_counter()
-    result = model.register(fixed, moving, inverse=False)
+    refinement = None
+    if refine_steps:
+        result, refinement = register_refined(model, fixed, moving, refine_steps, inverse=False)
+    else:
+        with torch.no_grad():
+            result = model.register(fixed, moving, inverse=False)
     seconds = time.perf_counter() - start
     spacing = tuple(float(s) for s in pair.spacing)
     warped_label = _warp_label(pair.moving_label, result.displacement)
@@ -289,36 +296,41 @@ def register_pair(model: CVAERegistration, pair: PreprocessedPair) -> Registrati
         spacing=spacing, fixed_label=pair.fixed_label, moving_label=pair.moving_label, warped_label=warped_label)
     summary = {"folding %": 100 * negative_jacobian_fraction(result.jacobian),
                "mean |u| mm": mean_displacement_mm(result.displacement, spacing), "seconds": seconds}
-    sigma = torch.exp(0.5 * result.logvar[0]).cpu().numpy()
-    return Registration(volumes, metrics, summary, result.mu[0].cpu().numpy(), sigma)
+    if refinement is not None:
+        summary.update({"refine steps": float(refine_steps), "LCC before": float(refinement.lcc_before[0]),
+                        "LCC after": float(refinement.lcc_after[0])})
+    with torch.no_grad():
+        logvar = result.logvar if result.logvar is not None else model.encode(fixed, moving)[1]
+    return Registration(volumes, metrics, summary, result.mu[0].cpu().numpy(),
+                        torch.exp(0.5 * logvar[0]).cpu().numpy())
 
 
 @st.cache_data(show_spinner="Registering…", max_entries=8)
-def register_subject(checkpoint: str, root: str, subject: str) -> Registration:
-    """Registration of one cohort subject, ED (moving) to ES (fixed)."""
+def register_subject(checkpoint: str, root: str, subject: str, refine_steps: int = 0) -> Registration:
+    """Registration of one cohort subject, ED (moving) to ES (fixed); see :func:`register_pair`."""
     model, _, pair = _pair_of(checkpoint, root, subject)
-    return register_pair(model, pair)
+    return register_pair(model, pair, refine_steps)
 
 
 @st.cache_data(show_spinner="Registering the uploaded pair…", max_entries=4)
-def register_uploads(checkpoint: str, uploads: tuple[Upload | None, ...]) -> Registration:
+def register_uploads(checkpoint: str, uploads: tuple[Upload | None, ...], refine_steps: int = 0) -> Registration:
     """Registration of uploaded files ``(fixed, moving, fixed_seg, moving_seg)``; ``UploadError`` for bad files.
     The files live in a temporary folder only while they are read."""
     model, config = get_model(checkpoint)
     size, spacing = grid_of(model, config)
     with staged_uploads(*uploads) as staged:
         pair = staged.preprocess(size, spacing)
-    return register_pair(model, pair)
+    return register_pair(model, pair, refine_steps)
 
 
 def outputs_zip(checkpoint: str, fixed: Path, moving: Path, fixed_seg: Path | None = None,
-                moving_seg: Path | None = None) -> bytes:
+                moving_seg: Path | None = None, refine_steps: int = 0) -> bytes:
     """The NIfTI outputs and ``metrics.json`` of ``cvae register`` as a zip archive (bytes); the outputs are
     written to a temporary folder that is removed before returning."""
     with tempfile.TemporaryDirectory(prefix="cvae-register-") as tmp:
         out = Path(tmp) / "outputs"
         register_files(fixed, moving, out, checkpoint=str(resolve_checkpoint(checkpoint)), fixed_seg=fixed_seg,
-                       moving_seg=moving_seg)
+                       moving_seg=moving_seg, refine_steps=refine_steps)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(out.iterdir()):
@@ -326,7 +338,7 @@ def outputs_zip(checkpoint: str, fixed: Path, moving: Path, fixed_seg: Path | No
     return buffer.getvalue()
 
 
-def subject_outputs_zip(checkpoint: str, root: str, subject: str) -> bytes:
+def subject_outputs_zip(checkpoint: str, root: str, subject: str, refine_steps: int = 0) -> bytes:
     """:func:`outputs_zip` of a cohort subject: ES fixed, ED moving, with their segmentations when present."""
     infos = [i for i in find_subjects(root, None, skip_bad=True) if i.subject == subject]
     if not infos:
@@ -334,14 +346,14 @@ def subject_outputs_zip(checkpoint: str, root: str, subject: str) -> bytes:
     info = infos[0]
     labels = info.es_label is not None and info.ed_label is not None
     return outputs_zip(checkpoint, info.es_image, info.ed_image, info.es_label if labels else None,
-                       info.ed_label if labels else None)
+                       info.ed_label if labels else None, refine_steps)
 
 
-def uploads_zip(checkpoint: str, uploads: tuple[Upload | None, ...]) -> bytes:
+def uploads_zip(checkpoint: str, uploads: tuple[Upload | None, ...], refine_steps: int = 0) -> bytes:
     """:func:`outputs_zip` of uploaded files (staged in a temporary folder removed afterwards)."""
     with staged_uploads(*uploads) as staged:
         return outputs_zip(checkpoint, staged.paths["fixed"], staged.paths["moving"], staged.paths.get("fixed_seg"),
-                           staged.paths.get("moving_seg"))
+                           staged.paths.get("moving_seg"), refine_steps)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -116,16 +116,19 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, *, spacing=(1.5, 1.5, 3.15),
                     training: dict | None = None, metrics: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None, trainer: dict | None = None,
-                    extra_files: dict[str, str] | None = None, fmt: str = FORMAT) -> Path:
+                    extra_files: dict[str, str] | None = None, sections: dict[str, Any] | None = None,
+                    fmt: str = FORMAT) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (and the optimizer and trainer state, and ``extra_files``
-    name -> text such as a ``README.md`` model card, when given) atomically.
+    name -> text such as a ``README.md`` model card, when given) atomically; ``sections`` are further top-level
+    entries of ``config.json`` (such as :mod:`cvae.standardise`'s ``latent_standardisation``).
 
     ``model`` has a ``config`` with ``to_dict()``; ``fmt`` names the kind of checkpoint (another model, such as the
     VoxelMorph baseline, uses its own).
     """
     folder = Path(folder)
     config = {"format": fmt, "version": __version__, "model": model.config.to_dict(),
-              "spacing": [float(s) for s in spacing], "training": training or {}, "metrics": metrics or {}}
+              "spacing": [float(s) for s in spacing], "training": training or {}, "metrics": metrics or {},
+              **(sections or {})}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
     def write(tmp: Path) -> None:

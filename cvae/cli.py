@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "register": ("cvae.register", "register two NIfTI images, write NIfTI outputs and metrics"),
     "evaluate": ("cvae.evaluate", "evaluate methods (cvae, demons, voxelmorph, identity) on a cohort"),
     "embed": ("cvae.latent", "encode a cohort to a table of latent codes and clinical measures"),
+    "standardise": ("cvae.standardise", "re-centre and re-scale a checkpoint's latent space to a cohort's codes "
+                    "(exact, lowers the KL)"),
 }
 
 

@@ -10,6 +10,7 @@ cohort's latent table.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from .checkpoint import load_checkpoint, resolve_checkpoint
 from .data.dataset import PairDataset
 from .latent import cached_table_path, encode_cohort, latent_dim_of, mu_columns, warped_label_measures, write_csv
 
-__all__ = ["pick", "transport_pairs", "group_matrix", "target_lvef", "cohort_transport", "cached_path"]
+__all__ = ["pick", "transport_pairs", "group_matrix", "target_lvef", "TRANSPORT_CLAIMS", "claim_lvefs", "fraction",
+           "markdown_matrix", "cohort_transport", "cached_path"]
 
 #: Bump when the columns or the computation of the transport table change, so that cached tables are rebuilt.
 TRANSPORT_VERSION = "1"
@@ -83,6 +85,38 @@ def target_lvef(pairs: pd.DataFrame) -> pd.Series:
     transported motion were the target's own."""
     own = pairs.drop_duplicates("target")
     return own.groupby("target_group")["target_LVEF"].mean().reindex(group_order(own["target_group"]))
+
+
+#: The paper's transport claims: (source group, target group, text, test of a simulated LVEF in %).
+TRANSPORT_CLAIMS: tuple[tuple[str, str, str, Callable[[pd.Series], pd.Series]], ...] = (
+    ("DCM", "NOR", "DCM -> NOR gives LVEF < 40 %", lambda lvef: lvef < 40),
+    ("NOR", "NOR", "NOR -> NOR keeps LVEF > 50 %", lambda lvef: lvef > 50),
+)
+
+
+def claim_lvefs(pairs: pd.DataFrame) -> dict[str, tuple[pd.Series, Callable[[pd.Series], pd.Series]]]:
+    """For each of :data:`TRANSPORT_CLAIMS`: the simulated LVEFs (%) of its pairs (self pairs left out) and its
+    test."""
+    other = pairs[pairs["source"] != pairs["target"]]
+    return {text: (other[(other["source_group"] == source) & (other["target_group"] == target)]["LVEF"], test)
+            for source, target, text, test in TRANSPORT_CLAIMS}
+
+
+def fraction(values: pd.Series, test: Callable[[pd.Series], pd.Series]) -> str:
+    """``"k / n (p %)"`` of the values passing ``test``; ``"n/a"`` without values."""
+    values = values.dropna()
+    if values.empty:
+        return "n/a"
+    k = int(test(values).sum())
+    return f"{k} / {len(values)} ({100 * k / len(values):.0f} %)"
+
+
+def markdown_matrix(frame: pd.DataFrame, fmt: str) -> list[str]:
+    """A source x target DataFrame (:func:`group_matrix`) as Markdown table lines, values formatted by ``fmt``."""
+    lines = ["| source \\ target | " + " | ".join(frame.columns) + " |", "|---" * (len(frame.columns) + 1) + "|"]
+    for name, row in frame.iterrows():
+        lines.append(f"| {name} | " + " | ".join("" if pd.isna(v) else format(v, fmt) for v in row) + " |")
+    return lines
 
 
 def cohort_transport(checkpoint: str | os.PathLike, root: str | os.PathLike, split: str | None = "testing", *,

@@ -23,14 +23,14 @@ st.caption("The network sees the pair (fixed F, moving M) once and returns the t
            "contraction of the heart.")
 
 
-def _cohort_pair(checkpoint: str) -> tuple[S.Registration, Callable[[], bytes], str]:
+def _cohort_pair(checkpoint: str, steps: int) -> tuple[S.Registration, Callable[[], bytes], str]:
     root = str(S.cohort_root())
     subject = S.subject_select("Subject", key="register_subject")
-    registration = S.register_subject(checkpoint, root, subject)
-    return registration, lambda: S.subject_outputs_zip(checkpoint, root, subject), subject
+    registration = S.register_subject(checkpoint, root, subject, steps)
+    return registration, lambda: S.subject_outputs_zip(checkpoint, root, subject, steps), subject
 
 
-def _uploaded_pair(checkpoint: str) -> tuple[S.Registration, Callable[[], bytes], str] | None:
+def _uploaded_pair(checkpoint: str, steps: int) -> tuple[S.Registration, Callable[[], bytes], str] | None:
     with st.form("uploads"):
         cols = st.columns(4)
         files = [col.file_uploader(UPLOAD_LABELS[role], key=f"upload_{role}") for col, role in zip(cols, ROLES)]
@@ -42,8 +42,8 @@ def _uploaded_pair(checkpoint: str) -> tuple[S.Registration, Callable[[], bytes]
         st.info("Upload a fixed and a moving image, then press **Register the uploaded pair**.")
         return None
     uploads = tuple(None if f is None else Upload(f.name, f.getvalue()) for f in files)
-    registration = S.register_uploads(checkpoint, uploads)
-    return registration, lambda: S.uploads_zip(checkpoint, uploads), "upload"
+    registration = S.register_uploads(checkpoint, uploads, steps)
+    return registration, lambda: S.uploads_zip(checkpoint, uploads, steps), "upload"
 
 
 def _summary(registration: S.Registration) -> None:
@@ -60,6 +60,9 @@ def _summary(registration: S.Registration) -> None:
     cols[2].metric("folding (det J ≤ 0)", f"{summary['folding %']:.3f} %")
     cols[3].metric("mean displacement", f"{summary['mean |u| mm']:.1f} mm")
     cols[4].metric("network time", f"{summary['seconds']:.2f} s")
+    if "refine steps" in summary:
+        st.caption(f"Code refined by {summary['refine steps']:.0f} gradient steps: local cross-correlation of the "
+                   f"pair {summary['LCC before']:.4f} → {summary['LCC after']:.4f}.")
 
 
 @st.fragment
@@ -110,9 +113,14 @@ def _download(make_zip: Callable[[], bytes], name: str) -> None:
 @S.guard
 def main() -> None:
     checkpoint = S.active_checkpoint()
-    source = st.radio("Pair", ["cohort subject (ED → ES)", "upload NIfTI files"], horizontal=True,
-                      key="register_source", label_visibility="collapsed")
-    picked = _cohort_pair(checkpoint) if source.startswith("cohort") else _uploaded_pair(checkpoint)
+    cols = st.columns([3, 2])
+    source = cols[0].radio("Pair", ["cohort subject (ED → ES)", "upload NIfTI files"], horizontal=True,
+                           key="register_source", label_visibility="collapsed")
+    steps = cols[1].select_slider("Refine the code (gradient steps)", [0, 10, 20, 40], value=0, key="register_refine",
+                                  help="0: one forward pass (the method). With N > 0 the code is refined by N "
+                                       "gradient steps on this pair's objective before decoding (cvae.refine): "
+                                       "closer images, about 0.5 s per step on a CPU.")
+    picked = _cohort_pair(checkpoint, steps) if source.startswith("cohort") else _uploaded_pair(checkpoint, steps)
     if picked is None:
         return
     registration, make_zip, name = picked

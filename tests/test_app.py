@@ -24,6 +24,7 @@ from cvae.data.labels import STRUCTURES
 from cvae.evaluate import write_results
 from cvae.metrics import structure_scores
 from cvae.model import CVAERegistration
+from cvae.refine import refine_code
 
 from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING
 
@@ -131,6 +132,9 @@ def test_register_page_registers_shows_metrics_and_follows_the_slice_slider(env)
     assert not np.array_equal(trace_z(moved, "fixed"), trace_z(figure, "fixed"))
     assert at.selectbox(key="register_subject").value == subject
     assert len(at.get("download_button")) == 1
+    at.select_slider(key="register_refine").set_value(10).run()
+    assert_clean(at)
+    assert any("Code refined by 10 gradient steps" in c.value for c in at.caption)
 
 
 def test_register_page_refuses_bad_uploads_with_a_message(env):
@@ -397,6 +401,22 @@ def test_register_pair_measures_before_and_after(tiny_setup):
         assert table.loc[name, "Dice after (%)"] == pytest.approx(100 * after[name]["dice"])
     assert table.loc["mean", "Dice after (%)"] == pytest.approx(table.loc[list(STRUCTURES), "Dice after (%)"].mean())
     assert 0 <= registration.summary["folding %"] <= 100 and registration.sigma.shape == (model.config.latent_dim,)
+
+
+def test_register_pair_with_a_refined_code(tiny_setup):
+    model, _, pair = tiny_setup
+    plain = S.register_pair(model, pair)
+    refined = S.register_pair(model, pair, refine_steps=3)
+    summary = refined.summary
+    assert summary["refine steps"] == 3 and "refine steps" not in plain.summary
+    expected = refine_code(model, torch.from_numpy(pair.fixed)[None, None], torch.from_numpy(pair.moving)[None, None],
+                           steps=3)
+    np.testing.assert_allclose(refined.mu, expected.code[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert summary["LCC before"] == pytest.approx(float(expected.lcc_before[0]))
+    assert summary["LCC after"] == pytest.approx(float(expected.lcc_after[0]))
+    np.testing.assert_allclose(refined.sigma, plain.sigma)  # the posterior width of the pair, from the encoder
+    decoded = S.decode_pair(model, refined.mu, pair.moving, pair.moving_label, pair.spacing)
+    np.testing.assert_allclose(decoded.displacement, refined.volumes.displacement, atol=1e-5)
 
 
 def test_decode_pair_at_the_posterior_mean_reproduces_the_registration(tiny_setup):

@@ -285,7 +285,8 @@ def test_latent_claims_benchmark_runs_end_to_end(tmp_path: Path, checkpoint: Pat
     for number in range(11, 14):  # the training codes the cohort prior is fitted to
         write_patient(root / "training", number, group=GROUPS[number % 5], seed=number)
     args = ["--data", str(root), "--checkpoint", str(checkpoint), "--sources-per-group", "2", "--targets-per-group",
-            "1", "--samples", "2", "--permutations", "3", "--device", "cpu", "--out", str(tmp_path / "claims.md")]
+            "1", "--samples", "2", "--permutations", "3", "--device", "cpu", "--refine-steps", "2",
+            "--out", str(tmp_path / "claims.md")]
     with pytest.warns(UserWarning, match="reduced cross-validation from 10 to 2 folds"):
         assert claims.main(args) == 0
     text = capsys.readouterr().out
@@ -299,4 +300,8 @@ def test_latent_claims_benchmark_runs_end_to_end(tmp_path: Path, checkpoint: Pat
     assert re.search(r"DCM -> NOR gives LVEF < 40 % \| \d / 2 ", text)
     assert re.search(r"NOR -> NOR keeps LVEF > 50 % \| \d / 1 ", text)
     assert "own code (registration)" in text and "5 targets" in text
+    # The refinement of the 10 sources: a row per group and overall, both claims with either kind of code.
+    refinement = text[text.index("### MAP refinement of the codes"):]
+    assert "refined by 2 Adam steps" in refinement and re.search(r"\| all \| 10 \| 0\.\d+ -> 0\.\d+ \|", refinement)
+    assert re.search(r"\| NOR -> NOR keeps LVEF > 50 % \| (\d / 1 \(\d+ %\), mean [\d.-]+ % \| ?){2}", refinement)
     assert claims.main(["--data", str(tmp_path / "nowhere"), "--checkpoint", str(checkpoint)]) == 2

@@ -10,7 +10,8 @@ import pytest
 import cvae.latent as latent
 from cvae.data.labels import GROUPS
 from cvae.figures import transport_matrix_figure
-from cvae.transport_study import cached_path, cohort_transport, group_matrix, pick, target_lvef
+from cvae.transport_study import (cached_path, claim_lvefs, cohort_transport, fraction, group_matrix, markdown_matrix,
+                                  pick, target_lvef)
 from test_acdc import write_patient
 from test_latent import cache, checkpoint  # noqa: F401  (fixtures)
 
@@ -47,6 +48,20 @@ def test_group_matrix_matches_a_hand_count_and_leaves_out_self_pairs() -> None:
     assert list(target_lvef(pairs).items()) == [("NOR", 61.0), ("DCM", 25.0)]
     figure = transport_matrix_figure(matrix)
     assert np.asarray(figure.data[0].text).tolist() == [["", "64"], ["33", ""]]
+    assert markdown_matrix(matrix, ".1f") == ["| source \\ target | NOR | DCM |", "|---|---|---|",
+                                              "| NOR |  | 64.0 |", "| DCM | 33.0 |  |"]
+
+
+def test_transport_claims_count_the_right_pairs() -> None:
+    pairs = pd.DataFrame({"source": ["a", "b", "c", "d", "e", "c"],
+                          "source_group": ["DCM", "DCM", "NOR", "NOR", "NOR", "NOR"],
+                          "target": ["c", "c", "d", "c", "c", "c"], "target_group": ["NOR"] * 6,
+                          "LVEF": [30.0, 45.0, 55.0, 49.0, 70.0, 10.0]})
+    claims = claim_lvefs(pairs)
+    assert list(claims) == ["DCM -> NOR gives LVEF < 40 %", "NOR -> NOR keeps LVEF > 50 %"]
+    assert fraction(*claims["DCM -> NOR gives LVEF < 40 %"]) == "1 / 2 (50 %)"
+    assert fraction(*claims["NOR -> NOR keeps LVEF > 50 %"]) == "2 / 3 (67 %)"  # c -> c (10 %) is a self pair
+    assert fraction(pd.Series([np.nan]), lambda v: v > 0) == "n/a"
 
 
 def test_cohort_transport_is_computed_once_then_read_from_disk(cohort: Path, checkpoint: Path,
