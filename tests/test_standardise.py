@@ -12,9 +12,10 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 import cvae.cli
 import cvae.latent as latent
-from cvae.checkpoint import load_model, read_config
+from cvae.checkpoint import load_model, read_config, resolve_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.model import CVAERegistration
+from cvae.paths import data_root
 from cvae.standardise import SECTION, kl_optimal_affine, mean_kl, standardise_model
 from test_latent import D, SIZE, SPACING, cache, checkpoint, root, tiny_model  # noqa: F401  (fixtures)
 from test_model import blob_pair
@@ -168,3 +169,19 @@ def test_cli_refuses_with_one_line(root: Path, checkpoint: Path, tmp_path: Path,
         assert len(err) == 1 or message == "at least 2 subjects"  # (that one follows the encoding's progress bar)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acdc", "cache", "ckpt", "done", "taken"]
     assert list((tmp_path / "taken").iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (data_root() / "training").is_dir(), reason="the demo cohort is not there (make data)")
+def test_the_shipped_checkpoint_is_standardised_to_its_training_codes() -> None:
+    """Encoding the demo cohort's training split with the shipped weights gives codes of mean 0 and variance 1 per
+    dimension (aggregate posterior), as its config.json says (about 1 min on 2 CPU cores)."""
+    folder = resolve_checkpoint("synthetic-acdc")
+    section = read_config(folder)[SECTION]
+    table = latent.encode_cohort(folder, data_root(), "training", device="cpu")
+    d = latent.latent_dim_of(table)
+    mu, sigma = table[latent.mu_columns(d)].to_numpy(float), table[latent.sigma_columns(d)].to_numpy(float)
+    assert section["subjects"] == len(table) and section["mean_kl_after"] < section["mean_kl_before"]
+    np.testing.assert_allclose(mu.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(((mu - mu.mean(axis=0)) ** 2 + sigma ** 2).mean(axis=0), 1.0, atol=1e-4)
+    assert mean_kl(mu, sigma) == pytest.approx(section["mean_kl_after"], rel=1e-4)
