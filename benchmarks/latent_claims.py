@@ -35,7 +35,8 @@ from cvae.analysis import ClassificationReport, classify, group_order
 from cvae.checkpoint import load_checkpoint, resolve_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.data.preprocess import DEFAULT_SPACING
-from cvae.latent import cohort_prior, encode_cohort, latent_dim_of, prior_codes, warped_label_measures
+from cvae.latent import (cohort_prior, encode_cohort, latent_dim_of, prior_codes, subject_index,
+                         warped_label_measures)
 from cvae.priors import CodePrior
 from cvae.paths import data_root
 from cvae.refine import DEFAULT_LR, refine_table, score_codes
@@ -47,7 +48,7 @@ def sample_table(model, dataset: PairDataset, targets: pd.DataFrame, n: int, tem
                  chunk: int, prior: CodePrior | None = None) -> pd.DataFrame:
     """``n`` samples of ``prior`` (default N(0, I)) per target: the simulated ES measures of each, with the target's
     group."""
-    index = {s: i for i, s in enumerate(dataset.subjects)}
+    index = subject_index(dataset, targets)
     rows = []
     for k, (_, target) in enumerate(targets.iterrows()):
         pair = dataset.pair(index[target["subject"]])

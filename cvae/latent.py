@@ -38,7 +38,7 @@ from .priors import CodePrior, seeded_generator
 
 __all__ = ["encode_cohort", "latent_dim_of", "mu_columns", "sigma_columns", "check_table", "decode_codes",
            "prior_codes", "cohort_prior", "sample", "walk", "transport", "warped_label_measures", "uncertainty",
-           "as_image", "write_csv", "cached_table_path", "main", "TABLE_VERSION", "WARPED_MEASURES"]
+           "as_image", "subject_index", "write_csv", "cached_table_path", "main", "TABLE_VERSION", "WARPED_MEASURES"]
 
 #: Bump when the columns or the computation of the cohort table change, so that cached tables are rebuilt.
 TABLE_VERSION = "1"
@@ -78,6 +78,17 @@ def check_table(table: pd.DataFrame, latent_dim: int | None = None) -> int:
         raise ValueError(f"table has {d}-D codes but the model has a {latent_dim}-D latent space: re-encode the "
                          "cohort with this checkpoint (cvae embed)")
     return d
+
+
+def subject_index(dataset: PairDataset, table: pd.DataFrame) -> dict[str, int]:
+    """``{subject: index in dataset}`` for every subject of ``dataset``; ``ValueError`` if a subject of the cohort
+    table ``table`` is not in ``dataset``."""
+    index = {s: i for i, s in enumerate(dataset.subjects)}
+    missing = sorted(set(table["subject"]) - set(index))
+    if missing:
+        raise ValueError(f"subjects {missing[:3]} are not in the cohort {dataset.root}: use a table of that cohort "
+                         "(encode it first)")
+    return index
 
 
 def as_image(image: torch.Tensor | np.ndarray, model: CVAERegistration, name: str = "image") -> torch.Tensor:

@@ -23,7 +23,7 @@ from .clinical import clinical_measures
 from .data.dataset import PairDataset
 from .data.labels import LV_CAVITY
 from .fields import warp
-from .latent import as_image, latent_dim_of, mu_columns
+from .latent import as_image, latent_dim_of, mu_columns, subject_index
 from .metrics import structure_scores
 from .losses import symmetric_lcc
 from .model import CVAERegistration, RegistrationResult
@@ -95,19 +95,11 @@ def register_refined(model: CVAERegistration, fixed: torch.Tensor, moving: torch
         return model.decode(refinement.code, moving, inverse=inverse), refinement
 
 
-def _dataset_index(dataset: PairDataset, table: pd.DataFrame) -> dict[str, int]:
-    index = {s: i for i, s in enumerate(dataset.subjects)}
-    missing = sorted(set(table["subject"]) - set(index))
-    if missing:
-        raise ValueError(f"subjects {missing[:3]} are not in the cohort {dataset.root}: use codes of that cohort")
-    return index
-
-
 def refine_table(model: CVAERegistration, dataset: PairDataset, table: pd.DataFrame, steps: int = DEFAULT_STEPS,
                  lr: float = DEFAULT_LR) -> pd.DataFrame:
     """A copy of a cohort table (:func:`cvae.latent.encode_cohort`) whose ``mu_*`` columns hold the MAP-refined
     codes of its subjects' pairs in ``dataset``, with ``lcc_before`` and ``lcc_after`` columns."""
-    index = _dataset_index(dataset, table)
+    index = subject_index(dataset, table)
     columns = mu_columns(latent_dim_of(table))
     refined = table.copy()
     for row, subject in zip(refined.index, refined["subject"]):
@@ -130,7 +122,7 @@ def score_codes(model: CVAERegistration, dataset: PairDataset, table: pd.DataFra
     the simulated LV cavity's excess volume over the true ES one that lies in slices without LV cavity at ES (where
     the descending base has left the slice).
     """
-    index = _dataset_index(dataset, table)
+    index = subject_index(dataset, table)
     columns = mu_columns(latent_dim_of(table))
     rows = []
     for _, subject in table.iterrows():

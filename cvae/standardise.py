@@ -2,9 +2,9 @@
 
 Training fits ``lam * (1 - LCC) + KL(q(z | F, M) || N(0, I))``, but the codes of a cohort need not fill ``N(0, I)``:
 their mean can lie off the origin and their spread differ from 1 per axis, and codes drawn from ``N(0, I)`` then
-decode to motions the cohort does not have (``benchmarks/RESULTS.md``, section 3). The code enters the decoder only through
-linear layers (``decoder.fc`` and the FiLM layers), so the reparametrisation ``z = m + s * z'`` (``m, s (d,)``,
-``s > 0``, elementwise) folded into the weights is an exact symmetry of the data term:
+decode to motions the cohort does not have (``benchmarks/RESULTS.md``, section 3). The code enters the decoder only
+through linear layers (``decoder.fc`` and the FiLM layers), so the reparametrisation ``z = m + s * z'``
+(``m, s (d,)``, ``s > 0``, elementwise) folded into the weights is an exact symmetry of the data term:
 
 - decoder ``fc`` and every FiLM layer: ``W' = W diag(s)``, ``b' = b + W m``;
 - encoder ``mu`` head: ``W' = diag(1/s) W``, ``b' = (b - m) / s``; ``logvar`` head: ``b' = b - 2 log s``.

@@ -19,7 +19,8 @@ import pandas as pd
 from .analysis import group_order
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .data.dataset import PairDataset
-from .latent import cached_table_path, encode_cohort, latent_dim_of, mu_columns, warped_label_measures, write_csv
+from .latent import (cached_table_path, encode_cohort, latent_dim_of, mu_columns, subject_index, warped_label_measures,
+                     write_csv)
 
 __all__ = ["pick", "transport_pairs", "group_matrix", "target_lvef", "TRANSPORT_CLAIMS", "claim_lvefs", "fraction",
            "markdown_matrix", "cohort_transport", "cached_path"]
@@ -47,10 +48,7 @@ def transport_pairs(model, dataset: PairDataset, sources: pd.DataFrame, targets:
     :data:`cvae.latent.WARPED_MEASURES` (mL, %), ``negative_jacobian`` and ``target_LVEF`` (%, the target's real
     LVEF from its ES labels).
     """
-    index = {s: i for i, s in enumerate(dataset.subjects)}
-    missing = sorted(set(targets["subject"]) - set(index))
-    if missing:
-        raise ValueError(f"targets {missing[:3]} are not in the cohort {dataset.root}: encode that cohort first")
+    index = subject_index(dataset, targets)
     d = latent_dim_of(targets)
     rows = []
     for _, target in targets.iterrows():
