@@ -67,6 +67,9 @@ def refine_code(model: CVAERegistration, fixed: torch.Tensor, moving: torch.Tens
         v = model.velocity(z, moving)
         return symmetric_lcc(fixed, moving, v, cfg.n_steps, cfg.sigma_lcc, cfg.kernel_lcc, cfg.integration_downsample)
 
+    def energy(z: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+        return (cfg.lam * (1.0 - similarity) + 0.5 * z.pow(2).sum(dim=1)).sum()
+
     with torch.no_grad():
         mu, _ = model.encode(fixed, moving)
         before = lcc(mu)
@@ -75,14 +78,14 @@ def refine_code(model: CVAERegistration, fixed: torch.Tensor, moving: torch.Tens
     objective = []
     with torch.enable_grad():
         for _ in range(int(steps)):
-            energy = (cfg.lam * (1.0 - lcc(z)) + 0.5 * z.pow(2).sum(dim=1)).sum()
-            (z.grad,) = torch.autograd.grad(energy, [z])
+            value = energy(z, lcc(z))
+            (z.grad,) = torch.autograd.grad(value, [z])
             optimiser.step()
-            objective.append(float(energy.detach()))
+            objective.append(float(value.detach()))
     code = z.detach()
     with torch.no_grad():
         after = lcc(code) if steps else before
-    objective.append(float((cfg.lam * (1.0 - after) + 0.5 * code.pow(2).sum(dim=1)).sum()))
+    objective.append(float(energy(code, after)))
     return Refinement(code, before, after, objective)
 
 
