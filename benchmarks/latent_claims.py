@@ -25,7 +25,6 @@ import argparse
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -33,12 +32,12 @@ from scipy.stats import wilcoxon
 
 from cvae.analysis import ClassificationReport, classify, group_order
 from cvae.checkpoint import load_checkpoint, resolve_checkpoint
+from cvae.cli import print_report, report_parser
 from cvae.data.dataset import PairDataset
 from cvae.data.preprocess import DEFAULT_SPACING
 from cvae.latent import (cohort_prior, encode_cohort, latent_dim_of, prior_codes, subject_index,
                          warped_label_measures)
 from cvae.priors import CodePrior
-from cvae.paths import data_root
 from cvae.refine import DEFAULT_LR, refine_table, score_codes
 from cvae.transport_study import (claim_lvefs, cohort_transport, fraction, group_matrix, markdown_matrix, pick,
                                   transport_pairs)
@@ -151,12 +150,44 @@ def refinement_report(args: argparse.Namespace, encoder: pd.DataFrame, refined: 
     return "\n".join(lines)
 
 
+def claims_text(args: argparse.Namespace) -> str:
+    """The Markdown of every check, for the options of :func:`main`."""
+    start = time.perf_counter()
+    model, config = load_checkpoint(args.checkpoint, args.device)
+    args.device_name = str(model.device)
+    table = encode_cohort(resolve_checkpoint(args.checkpoint), args.data, args.split, device=args.device)
+    dataset = PairDataset(args.data, split=args.split, size=model.config.image_size,
+                          spacing=config.get("spacing", DEFAULT_SPACING))
+    targets = pick(table, args.targets_per_group)
+    transports = cohort_transport(args.checkpoint, args.data, args.split,
+                                  sources_per_group=args.sources_per_group,
+                                  targets_per_group=args.targets_per_group, device=args.device, chunk=args.chunk)
+    training = encode_cohort(resolve_checkpoint(args.checkpoint), args.data, "training", device=args.device)
+    priors = {"N(0, I)": None, f"aggregate posterior ({len(training)} training codes)": cohort_prior(training)}
+    with torch.no_grad():
+        samples = {name: sample_table(model, dataset, targets, args.samples, args.temperature, args.seed,
+                                      args.chunk, prior) for name, prior in priors.items()}
+    clf = classify(table, folds=args.folds, permutations=args.permutations, seed=args.seed)
+    if args.refine_steps:
+        sources = pick(table, args.sources_per_group)
+        began = time.perf_counter()
+        refined = refine_table(model, dataset, sources, args.refine_steps, args.refine_lr)
+        per_pair = (time.perf_counter() - began) / len(sources)
+        scores = {"encoder": score_codes(model, dataset, sources),
+                  "refined": score_codes(model, dataset, refined).merge(
+                      refined[["subject", "lcc_before", "lcc_after"]], on="subject")}
+        with torch.no_grad():
+            refined_pairs = transport_pairs(model, dataset, refined, targets, args.chunk)
+        extra = refinement_report(args, scores["encoder"], scores["refined"],
+                                  {"encoder": transports, "refined": refined_pairs}, per_pair)
+    text = report(args, config, table, clf, transports, samples, time.perf_counter() - start)
+    if args.refine_steps:
+        text += "\n" + extra
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(data_root()), help="cohort folder (default: $CVAE_DATA or "
-                        "data/synthetic-acdc)")
-    parser.add_argument("--checkpoint", default="synthetic-acdc", help="checkpoint name or folder")
-    parser.add_argument("--split", default="testing", help="cohort split (default testing)")
+    parser = report_parser(__doc__.split("\n")[0])
     parser.add_argument("--sources-per-group", type=int, default=4, help="transport sources per group (default 4)")
     parser.add_argument("--targets-per-group", type=int, default=2, help="transport targets per group (default 2)")
     parser.add_argument("--samples", type=int, default=4, help="prior samples per target (default 4)")
@@ -164,54 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=10, help="cross-validation folds (default 10)")
     parser.add_argument("--permutations", type=int, default=100, help="permutation-test shuffles (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of folds, permutations and samples (default 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--chunk", type=int, default=8, help="codes decoded per forward pass (default 8)")
     parser.add_argument("--refine-steps", type=int, default=0, help="also refine the transport sources' codes by N "
                         "gradient steps and report what changes (default 0: skip; about 0.5 s per step and pair)")
     parser.add_argument("--refine-lr", type=float, default=DEFAULT_LR,
                         help=f"learning rate of the refinement (default {DEFAULT_LR})")
-    parser.add_argument("--out", default=None, help="also write the Markdown to this file")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        model, config = load_checkpoint(args.checkpoint, args.device)
-        args.device_name = str(model.device)
-        table = encode_cohort(resolve_checkpoint(args.checkpoint), args.data, args.split, device=args.device)
-        dataset = PairDataset(args.data, split=args.split, size=model.config.image_size,
-                              spacing=config.get("spacing", DEFAULT_SPACING))
-        targets = pick(table, args.targets_per_group)
-        transports = cohort_transport(args.checkpoint, args.data, args.split,
-                                      sources_per_group=args.sources_per_group,
-                                      targets_per_group=args.targets_per_group, device=args.device, chunk=args.chunk)
-        training = encode_cohort(resolve_checkpoint(args.checkpoint), args.data, "training", device=args.device)
-        priors = {"N(0, I)": None, f"aggregate posterior ({len(training)} training codes)": cohort_prior(training)}
-        with torch.no_grad():
-            samples = {name: sample_table(model, dataset, targets, args.samples, args.temperature, args.seed,
-                                          args.chunk, prior) for name, prior in priors.items()}
-        clf = classify(table, folds=args.folds, permutations=args.permutations, seed=args.seed)
-        if args.refine_steps:
-            sources = pick(table, args.sources_per_group)
-            began = time.perf_counter()
-            refined = refine_table(model, dataset, sources, args.refine_steps, args.refine_lr)
-            per_pair = (time.perf_counter() - began) / len(sources)
-            scores = {"encoder": score_codes(model, dataset, sources),
-                      "refined": score_codes(model, dataset, refined).merge(
-                          refined[["subject", "lcc_before", "lcc_after"]], on="subject")}
-            with torch.no_grad():
-                refined_pairs = transport_pairs(model, dataset, refined, targets, args.chunk)
-            extra = refinement_report(args, scores["encoder"], scores["refined"],
-                                      {"encoder": transports, "refined": refined_pairs}, per_pair)
-        text = report(args, config, table, clf, transports, samples, time.perf_counter() - start)
-        if args.refine_steps:
-            text += "\n" + extra
-    except ValueError as exc:
-        print(f"latent_claims: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
-
+    return print_report("latent_claims", lambda: claims_text(args), args.out)
 
 if __name__ == "__main__":
     raise SystemExit(main())

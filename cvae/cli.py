@@ -1,8 +1,11 @@
 """The ``cvae`` command: ``cvae <command> [options]``; each command lives in its own module's ``main(argv)``."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 #: command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,6 +24,35 @@ def _usage() -> str:
     lines = ["usage: cvae <command> [options]   (cvae <command> --help for its options)", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def report_parser(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark report shares: ``--data``, ``--checkpoint``, ``--split``, ``--device`` and
+    ``--out`` (see :func:`print_report`)."""
+    from .paths import data_root
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default=str(data_root()), help="cohort folder (default: $CVAE_DATA or "
+                        "data/synthetic-acdc)")
+    parser.add_argument("--checkpoint", default="synthetic-acdc", help="checkpoint name or folder")
+    parser.add_argument("--split", default="testing", help="cohort split (default testing)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--out", default=None, help="also write the Markdown to this file")
+    return parser
+
+
+def print_report(name: str, make_text: Callable[[], str], out: str | None = None) -> int:
+    """Print the Markdown of ``make_text()`` (and write it to ``out`` when given) and return 0; a ``ValueError``
+    becomes one line ``<name>: error: ...`` on stderr and return code 2. For the benchmark scripts."""
+    try:
+        text = make_text()
+    except ValueError as exc:
+        print(f"{name}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

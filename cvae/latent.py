@@ -37,8 +37,9 @@ from .paths import cache_root, data_root
 from .priors import CodePrior, seeded_generator
 
 __all__ = ["encode_cohort", "latent_dim_of", "mu_columns", "sigma_columns", "check_table", "decode_codes",
-           "prior_codes", "cohort_prior", "sample", "walk", "transport", "warped_label_measures", "uncertainty",
-           "as_image", "subject_index", "write_csv", "cached_table_path", "main", "TABLE_VERSION", "WARPED_MEASURES"]
+           "prior_codes", "cohort_prior", "sample", "walk", "transport", "warped_label_measures",
+           "simulated_es_measures", "uncertainty", "as_image", "subject_index", "write_csv", "cached_table_path",
+           "main", "TABLE_VERSION", "WARPED_MEASURES"]
 
 #: Bump when the columns or the computation of the cohort table change, so that cached tables are rebuilt.
 TABLE_VERSION = "1"
@@ -210,23 +211,35 @@ def warped_label_measures(model: CVAERegistration, z: torch.Tensor | np.ndarray,
                           chunk: int = 8) -> pd.DataFrame:
     """Volumes and ejection fractions when codes ``z (B, d)`` deform an ED image and its labels.
 
-    The ED labels ``moving_label (X, Y, Z)`` are warped (nearest) by each decoded transform into a simulated ES; the
-    measures compare ED and simulated ES with :func:`cvae.clinical.clinical_measures` (``spacing`` in mm). Returns
-    one row per code: LVEDV, LVESV, RVEDV, RVESV (mL), LVEF, RVEF (%) and ``negative_jacobian`` (fraction of
-    voxels with a Jacobian determinant <= 0). Used for transport (source codes) and prior samples alike.
+    The ED labels ``moving_label (X, Y, Z)`` are warped by each decoded transform into a simulated ES
+    (:func:`simulated_es_measures`). Returns one row per code: LVEDV, LVESV, RVEDV, RVESV (mL), LVEF, RVEF (%) and
+    ``negative_jacobian`` (fraction of voxels with a Jacobian determinant <= 0). Used for transport (source codes)
+    and prior samples alike.
     """
     codes, label = _codes(z, model), as_image(moving_label, model, "moving_label")
-    ed_label = label[0, 0].round().to(torch.uint8).cpu().numpy()
-    rows = []
+    parts = []
     for start in range(0, codes.shape[0], _check_chunk(chunk)):
         result = decode_codes(model, codes[start:start + chunk], moving, chunk)
-        es_labels = warp(label, result.displacement, mode="nearest").round().to(torch.uint8).cpu().numpy()
-        for b in range(es_labels.shape[0]):
-            measures = clinical_measures(ed_label, es_labels[b, 0], spacing)
-            row = {key: measures[key] for key in WARPED_MEASURES}
-            row["negative_jacobian"] = negative_jacobian_fraction(result.jacobian[b])
-            rows.append(row)
-    return pd.DataFrame(rows, columns=[*WARPED_MEASURES, "negative_jacobian"])
+        parts.append(simulated_es_measures(label, result.displacement, spacing, result.jacobian))
+    return pd.concat(parts, ignore_index=True)
+
+
+def simulated_es_measures(ed_label: torch.Tensor, displacement: torch.Tensor, spacing: Sequence[float],
+                          jacobian: torch.Tensor | None = None) -> pd.DataFrame:
+    """The ED labels ``(1, 1, X, Y, Z)`` warped (nearest) by each displacement ``(B, 3, X, Y, Z)`` (voxels) into a
+    simulated ES, measured against the ED labels with :func:`cvae.clinical.clinical_measures` (``spacing`` in mm):
+    one row per displacement with the columns of :data:`WARPED_MEASURES`, and ``negative_jacobian`` when the
+    Jacobian determinants ``(B, X, Y, Z)`` are given."""
+    ed = ed_label[0, 0].round().to(torch.uint8).cpu().numpy()
+    es_labels = warp(ed_label.to(displacement), displacement, mode="nearest").round().to(torch.uint8).cpu().numpy()
+    rows = []
+    for b in range(es_labels.shape[0]):
+        measures = clinical_measures(ed, es_labels[b, 0], spacing)
+        row = {key: measures[key] for key in WARPED_MEASURES}
+        if jacobian is not None:
+            row["negative_jacobian"] = negative_jacobian_fraction(jacobian[b])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*WARPED_MEASURES, *(["negative_jacobian"] if jacobian is not None else [])])
 
 
 @torch.no_grad()

@@ -1,15 +1,19 @@
-"""Loss terms of the CVAE: Gaussian-window local cross-correlation, its symmetric form, and the KL divergence.
+"""Loss terms of the CVAE: Gaussian-window local cross-correlation, its symmetric form, the KL divergence, and
+an optional label-overlap term.
 
 The likelihood is a Boltzmann distribution ``p(F | z, M) ~ exp(-lambda * D)`` with ``D = 1 - LCC_sym`` where
 ``LCC_sym`` is the local cross-correlation between ``F o exp(-v/2)`` and ``M o exp(v/2)``; the prior is N(0, I).
+:func:`soft_label_dice` is not part of the paper's method: it serves label-supervised fine-tuning (``cvae train
+--seg-weight``, as in VoxelMorph's auxiliary-segmentation variant), for cohorts whose training pairs have labels.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .fields import exponentiate, gaussian_kernel1d, gaussian_smooth, warp
 
-__all__ = ["local_cross_correlation", "symmetric_lcc", "kl_divergence", "LCC_EPS"]
+__all__ = ["local_cross_correlation", "symmetric_lcc", "kl_divergence", "soft_label_dice", "LCC_EPS"]
 
 #: Added to the local variances' product so that flat regions do not divide by zero.
 LCC_EPS = 1e-5
@@ -60,3 +64,28 @@ def symmetric_lcc(fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Ten
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Closed-form ``KL(N(mu, diag(exp(logvar))) || N(0, I))`` per batch element, ``(B,)`` in nats."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+def soft_label_dice(moving_label: torch.Tensor, fixed_label: torch.Tensor, displacement: torch.Tensor,
+                    n_labels: int) -> torch.Tensor:
+    """Mean soft Dice over the foreground labels ``1 .. n_labels - 1`` of ``moving_label o (id + u)`` and
+    ``fixed_label``, differentiable in the displacement, ``(B,)`` in [0, 1].
+
+    The moving labels are one-hot encoded and warped with trilinear interpolation, so a voxel's warped value is the
+    fraction of each label around the point it maps to; a label absent from both images counts as Dice 1.
+
+    Args:
+        moving_label, fixed_label: ``(B, 1, X, Y, Z)`` integer labels in ``[0, n_labels)``.
+        displacement: ``(B, 3, X, Y, Z)`` in voxels (of ``exp(v)``, ``M o exp(v) ~ F``).
+    """
+    if moving_label.shape != fixed_label.shape or moving_label.dim() != 5 or moving_label.shape[1] != 1:
+        raise ValueError(f"labels must both be (B, 1, X, Y, Z), got {tuple(moving_label.shape)} and "
+                         f"{tuple(fixed_label.shape)}")
+
+    def one_hot(label: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(label[:, 0].long(), n_labels).permute(0, 4, 1, 2, 3).to(displacement.dtype)[:, 1:]
+
+    warped, target = warp(one_hot(moving_label), displacement), one_hot(fixed_label)
+    overlap = 2.0 * (warped * target).flatten(2).sum(dim=2)
+    total = (warped + target).flatten(2).sum(dim=2)
+    return torch.where(total > 0, overlap / total.clamp_min(1e-6), torch.ones_like(total)).mean(dim=1)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fields import exponentiate, gaussian_kernel1d, gaussian_smooth, jacobian_determinant, warp
-from .losses import kl_divergence, symmetric_lcc
+from .data.labels import N_LABELS
+from .losses import kl_divergence, soft_label_dice, symmetric_lcc
 
 __all__ = ["ModelConfig", "CVAERegistration", "RegistrationResult", "GaussianSmoothing", "Exponentiate",
            "SpatialTransformer", "check_pair"]
@@ -315,7 +316,8 @@ class CVAERegistration(nn.Module):
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, kl_weight: float = 1.0,
                 condition_dropout: float = 0.0, code_target: torch.Tensor | None = None,
-                code_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                code_weight: float = 0.0, labels: tuple[torch.Tensor, torch.Tensor] | None = None,
+                seg_weight: float = 0.0) -> dict[str, torch.Tensor]:
         """Training loss terms for a batch, each a scalar (batch mean).
 
         ``loss = lam * (1 - lcc) + kl_weight * kl``; ``similarity = lam * (1 - lcc)``; ``lcc`` is the symmetric LCC;
@@ -326,6 +328,9 @@ class CVAERegistration(nn.Module):
         collapsing (the image counterpart of word dropout, Bowman et al. 2016; no effect within 250 steps here).
         With ``code_target`` ``(B, k)``, ``k <= d``, the loss also gets ``code_weight * code``, ``code`` being the
         mean squared distance of the first ``k`` dimensions of ``mu`` to it (the code warm-up of :mod:`cvae.warmup`).
+        With ``labels = (moving_label, fixed_label)``, each ``(B, 1, X, Y, Z)`` ACDC labels, and ``seg_weight > 0``,
+        the loss also gets ``seg_weight * (1 - dice)``, ``dice`` being the soft Dice of the warped moving labels
+        (:func:`cvae.losses.soft_label_dice`): label-supervised fine-tuning, outside the paper's unsupervised method.
         """
         mu, logvar = self.encode(fixed, moving)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
@@ -340,4 +345,7 @@ class CVAERegistration(nn.Module):
         if code_target is not None:
             terms["code"] = (mu[:, :code_target.shape[1]] - code_target).pow(2).mean()
             terms["loss"] = terms["loss"] + code_weight * terms["code"]
+        if labels is not None and seg_weight > 0:
+            terms["dice"] = soft_label_dice(*labels, self.exponentiate(v), N_LABELS).mean()
+            terms["loss"] = terms["loss"] + seg_weight * (1.0 - terms["dice"])
         return terms

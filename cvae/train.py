@@ -22,7 +22,7 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from .checkpoint import load_training_state, load_weights, save_checkpoint
+from .checkpoint import load_training_state, load_weights, read_config, save_checkpoint
 from .data.augment import AugmentParams, augment_batch
 from .data.dataset import PairDataset
 from .data.labels import STRUCTURES
@@ -66,6 +66,7 @@ class TrainConfig:
     condition_dropout: float = 0.0         # probability that a step's decoder sees a blank image instead of M
     code_warmup: int = 1000                # steps of the code warm-up (cvae.warmup): mu pulled to a motion summary
     code_warmup_weight: float = 300.0      # its weight for the first half of those steps, then a fade to 0
+    seg_weight: float = 0.0                # weight of 1 - soft Dice of the warped labels (not the paper's method)
     sigma_smooth: float = 3.0              # sigma_S of the velocity smoothing (voxels)
     sigma_lcc: float = 2.0                 # sigma_G of the LCC windows (voxels)
     n_steps: int = 4                       # N of scaling and squaring
@@ -83,6 +84,7 @@ class TrainConfig:
     threads: int = 0                       # torch intra-op threads; 0 = torch's default
     cache_dir: str | None = None           # preprocessed-volume cache (default ~/.cache/cvae-reg)
     resume: bool = False                   # continue from <out>/last (lr and weight_decay from this config)
+    init: str | None = None                # start from this checkpoint's weights (name or folder): fine-tuning
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict({**ModelConfig().to_dict(), "image_size": self.image_size,
@@ -186,7 +188,7 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
         train_idx: list[int], val_idx: list[int], cfg: Any, state: RunState,
         save: Callable[[RunState, str, dict | None], None], log: Any, device: torch.device, *, rank: int = 0,
         world: int = 1, progress: bool = False,
-        schedule: Callable[[int], dict[str, float]] | None = None) -> RunState:
+        schedule: Callable[[int], dict[str, float]] | None = None, labels: bool = False) -> RunState:
     """The training loop shared by the CVAE and the VoxelMorph baseline.
 
     ``net`` (``model``, an objective around it, or their DDP wrapper) maps ``(fixed, moving)`` to a dict of loss
@@ -195,7 +197,8 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
     ``time_limit_min``. Rank 0 writes one JSON line per step and per validation to ``log``, keeps ``best`` and
     ``last`` through ``save(state, folder, metrics)``, and validates once more when the run stops between
     validations. ``schedule(step)`` gives extra keyword arguments of ``net`` for that step (the CVAE's KL and code
-    warm-up weights); they are logged with the loss terms.
+    warm-up weights); they are logged with the loss terms. With ``labels`` the batch's ``moving_label`` and
+    ``fixed_label`` are passed to ``net`` too (the training split must then be labelled).
     """
     sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
@@ -226,7 +229,8 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
                 gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step) * world + rank)
                 batch = augment_batch(batch, augment, gen, cfg.spacing)
             extra = schedule(step) if schedule is not None else {}
-            terms = net(batch["fixed"].to(device), batch["moving"].to(device), **extra)
+            inputs = {k: batch[k].to(device) for k in ("moving_label", "fixed_label")} if labels else {}
+            terms = net(batch["fixed"].to(device), batch["moving"].to(device), **inputs, **extra)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
@@ -283,15 +287,19 @@ class Objective(nn.Module):
         self.model, self.target = model, target
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, kl_weight: float = 1.0,
-                condition_dropout: float = 0.0, code_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                condition_dropout: float = 0.0, code_weight: float = 0.0, moving_label: torch.Tensor | None = None,
+                fixed_label: torch.Tensor | None = None, seg_weight: float = 0.0) -> dict[str, torch.Tensor]:
         target = self.target(fixed, moving) if self.target is not None and code_weight > 0 else None
-        return self.model(fixed, moving, kl_weight, condition_dropout, code_target=target, code_weight=code_weight)
+        labels = (moving_label, fixed_label) if moving_label is not None and fixed_label is not None else None
+        return self.model(fixed, moving, kl_weight, condition_dropout, code_target=target, code_weight=code_weight,
+                          labels=labels, seg_weight=seg_weight)
 
 
 def loss_schedule(cfg: TrainConfig, step: int) -> dict[str, float]:
     """Keyword arguments of :class:`Objective` at step ``step`` (0-based): the KL weight is 0 for the first
     ``cfg.kl_delay`` steps, then rises linearly from 0 to 1 over ``cfg.kl_warmup`` steps; ``condition_dropout`` as
-    configured; the code warm-up weight (:func:`cvae.warmup.warmup_weight`) when ``cfg.code_warmup`` is set.
+    configured; the code warm-up weight (:func:`cvae.warmup.warmup_weight`) when ``cfg.code_warmup`` is set;
+    ``seg_weight`` when ``cfg.seg_weight`` is set.
 
     Why a delay and not only a ramp: Adam scales each parameter's step by its own gradient history, so on the
     code's parameters, whose similarity gradient is small and noisy while the code is still uninformative, even a
@@ -302,6 +310,8 @@ def loss_schedule(cfg: TrainConfig, step: int) -> dict[str, float]:
     extra = {"kl_weight": weight, "condition_dropout": cfg.condition_dropout}
     if cfg.code_warmup > 0:
         extra["code_weight"] = warmup_weight(step, cfg.code_warmup, cfg.code_warmup_weight)
+    if cfg.seg_weight > 0:
+        extra["seg_weight"] = cfg.seg_weight
     return extra
 
 
@@ -326,6 +336,18 @@ def resume_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Op
         if "lr" in group_overrides:
             group["lr"] = group_overrides["lr"] * group.get("lr_scale", 1.0)
     return RunState(trainer["step"], trainer["best_dice"], trainer["wall_time_s"])
+
+
+def init_weights(model: CVAERegistration, checkpoint: str | os.PathLike, spacing: Sequence[float]) -> None:
+    """Load the weights of ``checkpoint`` into ``model`` (fine-tuning), after checking that it was trained with the
+    same model settings and voxel spacing (mm) as this run; ``ValueError`` naming the differences otherwise."""
+    config = read_config(checkpoint)
+    ours = {**model.config.to_dict(), "spacing": [float(x) for x in spacing]}
+    theirs = {**config["model"], "spacing": [float(x) for x in config.get("spacing", ours["spacing"])]}
+    differ = [f"{k}={theirs.get(k)!r} (this run: {v!r})" for k, v in ours.items() if theirs.get(k) != v]
+    if differ:
+        raise ValueError(f"--init {checkpoint} was trained with {', '.join(differ)}; pass the same options")
+    load_weights(model, checkpoint)
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -353,6 +375,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     state = RunState()
     if cfg.resume and (out / "last").is_dir():  # the command line may continue with a new learning rate
         state = resume_state(out / "last", model, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.init:
+        init_weights(model, cfg.init, cfg.spacing)
+    if cfg.seg_weight > 0:
+        unlabelled = [dataset.infos[i].subject for i in train_idx
+                      if dataset.infos[i].ed_label is None or dataset.infos[i].es_label is None]
+        if unlabelled:
+            raise ValueError(f"--seg-weight needs labelled training pairs; {len(unlabelled)} have no labels "
+                             f"(e.g. {unlabelled[0]})")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         rewind_log(log_path, state.step)
@@ -373,7 +403,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     with open(log_path, "a", buffering=1) if rank == 0 else nullcontext() as log:
         state = fit(net, model, optimizer, dataset, train_idx, val_idx, cfg, state, save, log,
-                    device, rank=rank, world=world, progress=progress, schedule=partial(loss_schedule, cfg))
+                    device, rank=rank, world=world, progress=progress, schedule=partial(loss_schedule, cfg),
+                    labels=cfg.seg_weight > 0)
         if world > 1:
             checksums = [None] * world
             dist.all_gather_object(checksums, _param_checksum(model))

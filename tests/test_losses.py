@@ -1,10 +1,12 @@
-"""Local cross-correlation, its symmetric form, and the KL divergence."""
+"""Local cross-correlation, its symmetric form, the KL divergence, and the soft label Dice."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from cvae.fields import gaussian_kernel1d, gaussian_smooth
-from cvae.losses import kl_divergence, local_cross_correlation, symmetric_lcc
+from cvae.losses import kl_divergence, local_cross_correlation, soft_label_dice, symmetric_lcc
 
 SHAPE = (16, 16, 12)
 
@@ -65,3 +67,40 @@ def test_gradcheck_symmetric_loss():
     f, m = smooth_image(8, shape), smooth_image(9, shape)
     v = smooth_velocity(10, 1.0, shape).requires_grad_()
     assert torch.autograd.gradcheck(lambda w: symmetric_lcc(f, m, w, n_steps=2, sigma=1.0, kernel_size=3), (v,))
+
+
+def blob_labels(shape=SHAPE) -> np.ndarray:
+    """Three nested label regions (1, 2, 3) away from the borders."""
+    x, y, z = np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij")
+    r = np.sqrt(x ** 2 + (1.3 * y) ** 2 + (1.5 * z) ** 2)
+    return np.select([r < 3.0, r < 4.5, r < 6.0], [3, 2, 1], 0)
+
+
+def test_soft_label_dice_of_an_integer_shift_matches_hard_dice():
+    moving = blob_labels()
+    fixed = np.roll(moving, (1, 0, 0), axis=(0, 1, 2))
+    shift = torch.zeros(1, 3, *SHAPE, dtype=torch.float64)
+    shift[:, 0], shift[:, 1] = 1.0, -1.0  # moving o (x + u) with u = (1, -1, 0): moving moved by (-1, 1, 0)
+    as_tensor = lambda a: torch.from_numpy(a)[None, None]
+    got = soft_label_dice(as_tensor(moving), as_tensor(fixed), shift, 4)
+    warped = np.roll(moving, (-1, 1, 0), axis=(0, 1, 2))
+    expected = np.mean([2 * np.sum((warped == k) & (fixed == k)) / (np.sum(warped == k) + np.sum(fixed == k))
+                        for k in (1, 2, 3)])
+    assert 0.2 < expected < 0.9
+    assert float(got) == pytest.approx(expected, abs=1e-9)
+    aligned = torch.zeros_like(shift)
+    aligned[:, 0] = -1.0  # the shift that undoes the roll
+    assert float(soft_label_dice(as_tensor(moving), as_tensor(fixed), aligned, 4)) == pytest.approx(1.0)
+
+
+def test_soft_label_dice_has_a_gradient_and_counts_absent_labels_as_one():
+    labels = torch.from_numpy(blob_labels())[None, None]
+    u = torch.full((1, 3, *SHAPE), 0.3, dtype=torch.float64, requires_grad=True)
+    dice = soft_label_dice(labels, labels, u, 4)
+    dice.backward()
+    assert float(dice) < 1.0 and float(u.grad.abs().sum()) > 0
+    only_ones = (labels > 0).long()  # labels 2 and 3 absent from both images: Dice 1 each
+    one = soft_label_dice(only_ones, only_ones, torch.zeros_like(u), 4)
+    assert float(one) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="labels must both be"):
+        soft_label_dice(labels[0], labels[0], u, 4)

@@ -1,14 +1,17 @@
 """The paper's preprocessing: resampling both ways, the crop grid's affine, heart-centred crops, intensities."""
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from cvae.data.acdc import load_cohort
 from cvae.data.preprocess import (
     DEFAULT_SIZE,
     DEFAULT_SPACING,
+    displacement_to_crop_grid,
     grid_affine,
     heart_centre_voxel,
     normalise_intensities,
@@ -212,6 +215,41 @@ def test_bad_labels_and_sizes() -> None:
         preprocess_image_pair(image, image, np.eye(4), moving_label=np.full((12, 12, 4), 0.5))
     with pytest.raises(ValueError, match="spacing must be"):
         preprocess_image_pair(image, image, np.eye(4), spacing=(1.5, 0.0, 3.0))
+
+
+def test_displacement_to_crop_grid_keeps_the_world_displacement() -> None:
+    src = oblique_affine()
+    ed, ed_label, _ = phantom(systole=False)
+    es, es_label, _ = phantom(systole=True, seed=1)
+    pair = preprocess_image_pair(es, ed, src, fixed_label=es_label, moving_label=ed_label)
+    shift = np.array([1.0, -2.0, 0.25])  # input voxels
+    crop = displacement_to_crop_grid(np.broadcast_to(shift, (*SHAPE, 3)).copy(), pair)
+    assert crop.shape == (3, *DEFAULT_SIZE) and crop.dtype == np.float32
+    # the same world vector (mm) everywhere, also where the crop reaches beyond the input grid (edge values): the
+    # rotation and flip of the input affine are undone, and 1 input voxel becomes spacing / 1.5 (or / 3.15) voxels
+    q = world(np.linalg.inv(src), world(pair.affine, np.argwhere(np.ones(DEFAULT_SIZE, bool)).astype(float)))
+    assert np.mean(np.all((q >= 0) & (q <= np.array(SHAPE) - 1), axis=1)) < 0.5  # most of the crop is outside
+    crop_mm = np.einsum("ij,jxyz->ixyz", pair.affine[:3, :3], crop).reshape(3, -1)
+    np.testing.assert_allclose(crop_mm, (src[:3, :3] @ shift)[:, None] * np.ones(crop_mm.shape), atol=1e-4)
+    with pytest.raises(ValueError, match="input grid"):
+        displacement_to_crop_grid(np.zeros((*SHAPE, 2)), pair)
+
+
+def test_synthetic_ground_truth_on_the_crop_grid_maps_ed_labels_onto_es(tiny_cohort) -> None:
+    from cvae.fields import warp
+    from cvae.metrics import dice
+
+    for subject in list(load_cohort(tiny_cohort, skip_bad=False))[:3]:
+        pair = preprocess_subject(subject)
+        name = subject.info.subject
+        truth = nib.load(subject.info.directory / f"{name}_gt_displacement.nii.gz").get_fdata(dtype=np.float32)
+        u = torch.from_numpy(displacement_to_crop_grid(truth, pair))[None]
+        warped = warp(torch.from_numpy(pair.moving_label.astype(np.float32))[None, None], u, mode="nearest")
+        warped = warped[0, 0].round().numpy()
+        for value in (1, 2, 3):
+            after, before = dice(warped == value, pair.fixed_label == value), dice(pair.moving_label == value,
+                                                                                    pair.fixed_label == value)
+            assert after > 0.75 and after > before + 0.05, (name, value, before, after)
 
 
 def test_synthetic_cohort_round_trip(tiny_cohort) -> None:

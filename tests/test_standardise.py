@@ -173,10 +173,11 @@ def test_cli_refuses_with_one_line(root: Path, checkpoint: Path, tmp_path: Path,
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (data_root() / "training").is_dir(), reason="the demo cohort is not there (make data)")
-def test_the_shipped_checkpoint_is_standardised_to_its_training_codes() -> None:
+@pytest.mark.parametrize("name", ["synthetic-acdc", "synthetic-acdc-seg"])
+def test_the_shipped_checkpoint_is_standardised_to_its_training_codes(name: str) -> None:
     """Encoding the demo cohort's training split with the shipped weights gives codes of mean 0 and variance 1 per
     dimension (aggregate posterior), as its config.json says (about 1 min on 2 CPU cores)."""
-    folder = resolve_checkpoint("synthetic-acdc")
+    folder = resolve_checkpoint(name)
     section = read_config(folder)[SECTION]
     table = latent.encode_cohort(folder, data_root(), "training", device="cpu")
     d = latent.latent_dim_of(table)

@@ -59,6 +59,28 @@ def test_resume_continues_exactly(tiny_cohort, tiny_cache, tmp_path):
     assert all(d["code"] > 0 for d in steps[:4]) and not any("code" in d for d in steps[4:])
 
 
+def test_fine_tuning_starts_from_the_init_weights_and_adds_the_label_term(tiny_cohort, tiny_cache, tmp_path):
+    cfg = tiny_config(tiny_cohort, tmp_path / "tuned", tiny_cache, steps=2, lr=0.0, kl_delay=0, kl_warmup=0,
+                      code_warmup=0, seg_weight=1000.0)
+    torch.manual_seed(3)
+    start = CVAERegistration(cfg.model_config())
+    with torch.no_grad():
+        start.decoder.velocity.weight.normal_(std=0.5)  # a deformation far from the identity
+    init = save_checkpoint(tmp_path / "init", start, spacing=TINY_SPACING)
+    out = train(TrainConfig(**{**cfg.__dict__, "init": str(init)}), progress=False)
+    tuned = load_checkpoint(out / "last", "cpu")[0].state_dict()  # lr = 0: the init weights, unchanged
+    assert all(torch.equal(tuned[k], v) for k, v in start.state_dict().items())
+    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [d for d in steps if d["kind"] == "train"]
+    assert len(steps) == 2
+    for d in steps:
+        assert 0.0 < d["dice"] < 1.0 and d["seg_weight"] == 1000.0
+        assert d["loss"] == pytest.approx(d["similarity"] + d["kl"] + 1000.0 * (1.0 - d["dice"]), rel=1e-5)
+    with pytest.raises(ValueError, match=r"latent_dim=16 \(this run: 4\)"):
+        train(TrainConfig(**{**cfg.__dict__, "init": str(init), "latent_dim": 4, "out": str(tmp_path / "x")}),
+              progress=False)
+
+
 def test_validation_measures_what_the_code_adds(tiny_cohort, tiny_cache):
     cfg = tiny_config(tiny_cohort, Path("unused"), tiny_cache)
     dataset, _, val_idx = held_out_split(cfg)
@@ -129,17 +151,19 @@ def test_torchrun_two_processes_keep_identical_weights(tiny_cohort, tiny_cache, 
     assert json.loads((out / "last" / "config.json").read_text())["training"]["world_size"] == 2
 
 
-SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "synthetic-acdc"
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
-@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="shipped checkpoint not present")
-def test_shipped_checkpoint_registers_a_test_pair_better_than_identity(tiny_cohort, tiny_cache):
+@pytest.mark.parametrize("name", ["synthetic-acdc", "synthetic-acdc-seg"])
+def test_shipped_checkpoint_registers_a_test_pair_better_than_identity(name, tiny_cohort, tiny_cache):
     from cvae.data.dataset import PairDataset
     from cvae.data.labels import STRUCTURES
     from cvae.fields import warp
     from cvae.metrics import dice
 
-    model = load_model("synthetic-acdc", "cpu")
+    if not (CHECKPOINTS / name / "model.safetensors").is_file():
+        pytest.skip(f"shipped checkpoint {name} not present")
+    model = load_model(name, "cpu")
     data = PairDataset(tiny_cohort, "testing", model.config.image_size, cache_dir=tiny_cache)
     gains = []
     for i in range(len(data)):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 #: ACDC label values: 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity (papillary muscles inside 3).
 BACKGROUND, RV_CAVITY, LV_MYOCARDIUM, LV_CAVITY = 0, 1, 2, 3
+#: Number of label values (background included).
+N_LABELS = 4
 
 #: The five structures of the paper's table, each as the set of label values it unites.
 STRUCTURES: dict[str, tuple[int, ...]] = {

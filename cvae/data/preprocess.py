@@ -117,6 +117,29 @@ def to_original_grid(volume: np.ndarray, pair: PreprocessedPair, order: int) -> 
     return resample_to_grid(volume, pair.affine, pair.original_affine, pair.original_shape, order)
 
 
+def displacement_to_crop_grid(displacement: np.ndarray, pair: PreprocessedPair) -> np.ndarray:
+    """A transform given on the input grid, as a displacement on ``pair``'s crop grid.
+
+    ``displacement`` is ``(X0, Y0, Z0, 3)`` in voxels of the input grid (``pair.original_shape``), channel ``i``
+    along axis ``i``, with ``F(q) ~ M(q + u(q))`` (the synthetic cohort's exact ``*_gt_displacement.nii.gz``).
+    Returns ``(3, X, Y, Z)`` float32 in crop-grid voxels, in the convention of :func:`cvae.fields.warp`: crop voxel
+    ``p`` maps to the input point ``q``, which moves to ``q + u(q)`` (trilinear in ``u``, which is extended beyond
+    the input grid by its edge values: thick slices leave half a slice of heart beyond the outer slice centres),
+    which maps back to crop voxel ``p'``; the result is ``p' - p``.
+    """
+    shape = tuple(int(n) for n in pair.original_shape)
+    if displacement.shape != (*shape, 3):
+        raise ValueError(f"displacement must be {(*shape, 3)} (the input grid, 3 components), got "
+                         f"{tuple(displacement.shape)}")
+    crop = np.asarray(pair.fixed.shape)
+    q = _source_coordinates(pair.original_affine, pair.affine, crop)
+    edge = np.clip(q, 0, np.asarray(shape, dtype=np.float64).reshape(3, 1, 1, 1) - 1)
+    moved = (q + np.stack([_sample(displacement[..., i], edge, order=1) for i in range(3)])).reshape(3, -1)
+    to_input = np.linalg.inv(np.asarray(pair.original_affine, dtype=np.float64)) @ pair.affine
+    back = np.linalg.solve(to_input[:3, :3], moved - to_input[:3, 3:4]).reshape(3, *crop)
+    return (back - np.indices(crop, dtype=np.float64)).astype(np.float32)
+
+
 def normalise_intensities(
     fixed: np.ndarray, moving: np.ndarray, percentiles: tuple[float, float] = INTENSITY_PERCENTILES
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
