@@ -49,7 +49,7 @@ def _checkpoint_card() -> None:
                 f"* grid: **{grid}** voxels of **{spacing}** mm\n"
                 f"* smoothing σ = {model.get('sigma_smooth', '?')} voxels, {model.get('n_steps', '?')} squaring "
                 f"steps, λ = {model.get('lam', '?')}")
-    facts = []
+    facts = [f"fine-tuned from `{training['init']}`"] if training.get("init") else []
     if training.get("steps_done") is not None:
         facts.append(f"{training['steps_done']} training steps")
     if training.get("wall_time_s") is not None:
@@ -58,6 +58,9 @@ def _checkpoint_card() -> None:
         facts.append(f"data `{training['data']}`")
     facts.append(f"cvae-reg {config.get('version', '?')}")
     st.caption(" · ".join(facts))
+    if training.get("seg_weight"):
+        st.caption(f"Trained with the labels in the loss (Dice weight {training['seg_weight']:g}): not the paper's "
+                   "unsupervised method; its model card says how it compares.")
     if card["readme"]:
         with st.expander("Model card (README.md)"):
             st.markdown(card["readme"])

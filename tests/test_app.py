@@ -110,6 +110,18 @@ def test_home_shows_the_method_checkpoint_cohort_and_links(env):
     assert len(at.get("page_link")) == 5
     assert len(charts(at)) == 1  # the method figure
     assert at.selectbox(key="checkpoint").value == env["CVAE_CHECKPOINT"]
+    assert not any("labels in the loss" in c.value for c in at.caption)
+
+
+def test_home_says_when_a_checkpoint_was_fine_tuned_with_labels(env, monkeypatch, tmp_path):
+    tuned = save_checkpoint(tmp_path / "tuned", CVAERegistration(),
+                            training={"init": "synthetic-acdc", "seg_weight": 80000.0, "steps_done": 900})
+    monkeypatch.setenv("CVAE_CHECKPOINT", str(tuned))
+    at = open_page()
+    assert_clean(at)
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("fine-tuned from `synthetic-acdc` · 900 training steps") for c in captions), captions
+    assert any("labels in the loss (Dice weight 80000)" in c for c in captions), captions
 
 
 def test_register_page_registers_shows_metrics_and_follows_the_slice_slider(env):
