@@ -27,24 +27,24 @@ from cvae.analysis import group_order
 from cvae.checkpoint import load_checkpoint
 from cvae.clinical import clinical_measures
 from cvae.cli import print_report, report_parser
+from cvae.data.acdc import SubjectInfo
 from cvae.data.dataset import PairDataset
-from cvae.data.preprocess import DEFAULT_SPACING, displacement_to_crop_grid
-from cvae.latent import simulated_es_measures
+from cvae.data.preprocess import DEFAULT_SPACING, PreprocessedPair, displacement_to_crop_grid
+from cvae.latent import as_image, simulated_es_measures
 from cvae.refine import DEFAULT_LR, register_refined
 
 #: The transport claims' LVEF thresholds (%).
 HIGH, LOW = 50.0, 40.0
 
 
-def exact_displacement(dataset: PairDataset, index: int) -> torch.Tensor:
-    """The synthetic cohort's exact ED -> ES transform of item ``index`` on the crop grid, ``(1, 3, X, Y, Z)``
-    voxels; ``ValueError`` when the subject has none (real ACDC)."""
-    info = dataset.infos[index]
+def exact_displacement(info: SubjectInfo, pair: PreprocessedPair) -> torch.Tensor:
+    """The synthetic cohort's exact ED -> ES transform of a subject on its crop grid, ``(1, 3, X, Y, Z)`` voxels;
+    ``ValueError`` when the subject has none (real ACDC)."""
     path = info.directory / f"{info.subject}_gt_displacement.nii.gz"
     if not path.is_file():
         raise ValueError(f"{path} not found: this check needs the synthetic cohort (cvae synth --out DIR)")
     truth = nib.load(path).get_fdata(dtype=np.float32)
-    return torch.from_numpy(displacement_to_crop_grid(truth, dataset.pair(index)))[None]
+    return torch.from_numpy(displacement_to_crop_grid(truth, pair))[None]
 
 
 def lvef_table(model, dataset: PairDataset, refine_steps: int = 0, refine_lr: float = DEFAULT_LR) -> pd.DataFrame:
@@ -52,22 +52,21 @@ def lvef_table(model, dataset: PairDataset, refine_steps: int = 0, refine_lr: fl
     exact transform) and ``checkpoint`` (warped by the model's registration) LVEFs in %."""
     rows = []
     for i, info in enumerate(dataset.infos):
-        item = dataset[i]
-        if "moving_label" not in item or "fixed_label" not in item:
-            continue
         pair = dataset.pair(i)
-        label = item["moving_label"][None].float().to(model.device)
-        fixed, moving = item["fixed"][None].to(model.device), item["moving"][None].to(model.device)
+        if pair.moving_label is None or pair.fixed_label is None:
+            continue
+        fixed, moving = as_image(pair.fixed, model, "fixed"), as_image(pair.moving, model, "moving")
+        label = as_image(pair.moving_label, model, "moving_label")
         if refine_steps:
             result = register_refined(model, fixed, moving, refine_steps, refine_lr, inverse=False)[0]
         else:
             with torch.no_grad():
                 result = model.register(fixed, moving, inverse=False)
+        exact = exact_displacement(info, pair).to(model.device)
+        lvef = {name: float(simulated_es_measures(label, u, pair.spacing)["LVEF"].iloc[0])
+                for name, u in (("exact", exact), ("checkpoint", result.displacement))}
         true = clinical_measures(pair.moving_label, pair.fixed_label, pair.spacing)["LVEF"]
-        exact = simulated_es_measures(label, exact_displacement(dataset, i).to(model.device), pair.spacing)
-        ours = simulated_es_measures(label, result.displacement, pair.spacing)
-        rows.append({"subject": info.subject, "group": info.group, "true": float(true),
-                     "exact": float(exact["LVEF"].iloc[0]), "checkpoint": float(ours["LVEF"].iloc[0])})
+        rows.append({"subject": info.subject, "group": info.group, "true": float(true), **lvef})
     if not rows:
         raise ValueError(f"no labelled subjects in {dataset.root}")
     return pd.DataFrame(rows)
