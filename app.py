@@ -1,14 +1,17 @@
 """cvae-reg app: ``streamlit run app.py`` (binds 127.0.0.1, see ``.streamlit/config.toml``).
 
 This file is the entry point: it sets up the navigation and the sidebar (checkpoint picker, cohort) shared by every
-page, and holds the home page. The pages live in ``pages/``; the numerics in ``cvae/`` (``cvae.app_state`` for the
-cached computations, ``cvae.figures`` for the Plotly figures).
+page, and holds the home page. The pages live in ``pages/``; the numerics in ``cvae/`` (``cvae.app`` for the
+cached computations and widgets, ``cvae.figures`` for the Plotly figures).
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from cvae import app_state as S
+from cvae.app import cached as C
+from cvae.app import checkpoints as K
+from cvae.app import cohort as H
+from cvae.app import widgets as W
 from cvae.data.labels import GROUP_NAMES, GROUPS
 from cvae.figures import method_figure
 
@@ -32,11 +35,11 @@ PAGES: tuple[tuple[str, str, str, str], ...] = (
 
 def _checkpoint_card() -> None:
     st.subheader("Checkpoint")
-    name = S.active_checkpoint()
+    name = C.active_checkpoint()
     try:
-        card = S.model_card(name)
+        card = K.model_card(name)
     except ValueError as exc:
-        S.show_error(exc, "home: checkpoint")
+        W.show_error(exc, "home: checkpoint")
         st.caption("Pages that need the model show this message too; the shipped checkpoint is "
                    "`checkpoints/synthetic-acdc` (train one with `cvae train`, or set `CVAE_CHECKPOINT`).")
         return
@@ -70,19 +73,19 @@ def _checkpoint_card() -> None:
 
 def _cohort_card() -> None:
     st.subheader("Cohort")
-    root = S.cohort_root()
-    if S.cohort_missing(root):
-        if not S.is_default_cohort(root):
+    root = H.cohort_root()
+    if H.cohort_missing(root):
+        if not H.is_default_cohort(root):
             st.error(f"No patient folders under `{root}` (set by `CVAE_DATA`): point it to an ACDC-style folder "
                      "(`training/patientNNN/`, `testing/patientNNN/`).", icon="⚠️")
             return
-        n = S.DEMO_COHORT["n_test"]
+        n = H.DEMO_COHORT["n_test"]
         bar = st.progress(0.0, text=f"First start: writing the synthetic demo cohort ({n} subjects) to `{root}`…")
-        S.create_demo_cohort(root, progress=lambda done, total: bar.progress(
+        H.create_demo_cohort(root, progress=lambda done, total: bar.progress(
             done / total, text=f"Writing the synthetic demo cohort: {done} / {total} subjects"))
         bar.empty()
         st.success(f"Wrote the demo cohort to `{root}` (`make cohort` writes the full 234 + 100 subjects).")
-    table = S.cohort_subjects(root)
+    table = C.cohort_subjects(root)
     st.markdown(f"`{root}` · **{len(table)}** subjects")
     counts = table.pivot_table(index="split", columns="group", values="subject", aggfunc="count", fill_value=0)
     counts = counts.reindex(columns=[g for g in GROUPS if g in counts.columns])
@@ -93,16 +96,18 @@ def _cohort_card() -> None:
 def home() -> None:
     """Home page: what the method does, the active checkpoint and cohort, links to the pages."""
     st.title("cvae-reg · probabilistic registration of the beating heart")
+    d = K.latent_size(C.active_checkpoint())
+    latent = "a few" if d is None else str(d)
     st.markdown(
         "Registration finds the motion that maps one image onto another. Here a **conditional variational "
         "autoencoder** (Krebs et al. 2018/2019) looks at a pair of cardiac MRI volumes: the end-diastolic frame "
         "(ED, the *moving* image M) and the end-systolic frame (ES, the *fixed* image F). The encoder compresses "
-        "the motion between them into a small **code z** (16 numbers); the decoder turns z, given M, into a smooth "
-        "velocity field whose exponential is a **diffeomorphism** φ: smooth, invertible, without folding. "
+        f"the motion between them into a small **code z** ({latent} numbers); the decoder turns z, given M, into a "
+        "smooth velocity field whose exponential is a **diffeomorphism** φ: smooth, invertible, without folding. "
         "Warping M by φ reproduces F. Because the codes follow a simple prior N(0, I), the latent space can be "
         "explored: sample motions, walk along one dimension, carry one heart's motion to another heart, or see "
         "how diseases cluster.")
-    st.plotly_chart(method_figure(), config={"displayModeBar": False, "staticPlot": True})
+    st.plotly_chart(method_figure(d), config={"displayModeBar": False, "staticPlot": True})
     with st.expander("How to read the pages"):
         st.markdown(
             "* Volumes are shown as 2-D slices: **axial** is the short-axis plane of the acquisition, "
@@ -117,9 +122,9 @@ def home() -> None:
             unsafe_allow_html=True)
     left, right = st.columns(2, gap="large")
     with left:
-        S.guard(_checkpoint_card)()
+        W.guard(_checkpoint_card)()
     with right:
-        S.guard(_cohort_card)()
+        W.guard(_cohort_card)()
     st.subheader("Pages")
     columns = st.columns(len(PAGES))
     for column, (path, title, icon, text) in zip(columns, PAGES):
@@ -131,11 +136,11 @@ def home() -> None:
 def sidebar() -> None:
     """Checkpoint picker and cohort path, shared by every page."""
     with st.sidebar:
-        choices = S.checkpoint_choices()
+        choices = K.checkpoint_choices()
         st.selectbox("Checkpoint", choices, key="checkpoint",
                      help="Named checkpoints are looked up in `checkpoints/` (and `$CVAE_CHECKPOINTS`); "
                           "`CVAE_CHECKPOINT` sets the default.")
-        st.caption(f"Cohort: `{S.cohort_root()}`  \n(set `CVAE_DATA` to use ACDC)")
+        st.caption(f"Cohort: `{H.cohort_root()}`  \n(set `CVAE_DATA` to use ACDC)")
 
 
 navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True)]

@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +45,10 @@ from cvae.checkpoint import CheckpointError, resolve_checkpoint, save_checkpoint
 from cvae.data.acdc import find_subjects  # noqa: E402
 from cvae.data.dataset import PairDataset  # noqa: E402
 from cvae.data.synthetic import make_cohort  # noqa: E402
+from cvae.io.uploads import Upload, staged_uploads  # noqa: E402
 from cvae.model import CVAERegistration  # noqa: E402
 from cvae.paths import data_root  # noqa: E402
-from cvae.uploads import Upload, staged_uploads  # noqa: E402
+
 from timing import timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 #: operation -> target (seconds) from the issue.

@@ -17,6 +17,7 @@ import torch
 from cvae.checkpoint import CheckpointError, load_model
 from cvae.fields import compose, exponentiate, gaussian_kernel1d, gaussian_smooth, jacobian_determinant, warp
 from cvae.model import CVAERegistration
+
 from timing import timed  # benchmarks/ is on sys.path when run as a script
 
 SHAPE = (128, 128, 32)

@@ -8,7 +8,7 @@
 3. **Sampling**: deformations of each target's ED image drawn from the prior N(0, I), and from the Gaussian fit of
    the aggregate posterior of the *training* split's codes (:func:`cvae.latent.cohort_prior`): folding (negative
    Jacobians) and LVEF compared with the cohort's range.
-4. With ``--refine-steps N``: the transport sources' codes MAP-refined on their own pairs (:mod:`cvae.refine`):
+4. With ``--refine-steps N``: the transport sources' codes MAP-refined on their own pairs (:mod:`cvae.latent.refine`):
    own-pair Dice, LCC and LVEF error before and after, and the transport claims with the refined codes.
 
 Usage (the shipped checkpoint on the synthetic test cohort)::
@@ -30,17 +30,32 @@ import pandas as pd
 import torch
 from scipy.stats import wilcoxon
 
-from cvae.analysis import ClassificationReport, classify, group_order
 from cvae.checkpoint import load_checkpoint, resolve_checkpoint
-from cvae.cli import print_report, report_parser
 from cvae.data.dataset import PairDataset
-from cvae.data.preprocess import DEFAULT_SPACING
-from cvae.latent import (cohort_prior, encode_cohort, latent_dim_of, prior_codes, subject_index,
-                         warped_label_measures)
-from cvae.priors import CodePrior
-from cvae.refine import DEFAULT_LR, refine_table, score_codes
-from cvae.transport_study import (claim_lvefs, cohort_transport, fraction, group_matrix, markdown_matrix, pick,
-                                  transport_pairs)
+from cvae.data.grid import DEFAULT_SPACING
+from cvae.latent import (
+    cohort_prior,
+    encode_cohort,
+    group_order,
+    latent_dim_of,
+    prior_codes,
+    subject_index,
+    warped_label_measures,
+)
+from cvae.latent.analysis import ClassificationReport, classify
+from cvae.latent.priors import CodePrior
+from cvae.latent.refine import DEFAULT_LR, refine_table, score_codes
+from cvae.latent.transport_study import (
+    claim_lvefs,
+    cohort_transport,
+    fraction,
+    group_matrix,
+    markdown_matrix,
+    pick,
+    transport_pairs,
+)
+
+from report import print_report, report_parser  # benchmarks/ is on sys.path when run as a script
 
 
 def sample_table(model, dataset: PairDataset, targets: pd.DataFrame, n: int, temperature: float, seed: int,
@@ -113,14 +128,15 @@ def report(args: argparse.Namespace, config: dict, table: pd.DataFrame, clf: Cla
 
 def refinement_report(args: argparse.Namespace, encoder: pd.DataFrame, refined: pd.DataFrame,
                       transports: dict[str, pd.DataFrame], seconds_per_pair: float) -> str:
-    """The Markdown subsection on MAP-refined codes: ``encoder`` / ``refined`` are :func:`cvae.refine.score_codes`
-    tables (``refined`` with the LCC columns), ``transports`` the transport pairs with either kind of source code."""
+    """The Markdown subsection on MAP-refined codes: ``encoder`` / ``refined`` are
+    :func:`cvae.latent.refine.score_codes` tables (``refined`` with the LCC columns), ``transports`` the transport
+    pairs with either kind of source code."""
     both = encoder.merge(refined, on=["subject", "group", "true_LVEF"], suffixes=("_mu", "_refined"))
     for kind in ("mu", "refined"):
         both[f"error_{kind}"] = both[f"LVEF_{kind}"] - both["true_LVEF"]
     lines = ["### MAP refinement of the codes", "",
              f"The transport sources' codes refined by {args.refine_steps} Adam steps of learning rate "
-             f"{args.refine_lr} on their own pairs (`cvae.refine`, {seconds_per_pair:.1f} s per pair). Own-pair "
+             f"{args.refine_lr} on their own pairs (`cvae.latent.refine`, {seconds_per_pair:.1f} s per pair). Own-pair "
              "registration, encoder's `mu` -> refined code:", "",
              "| group | pairs | LCC | mean Dice (%) | LVEF error (%) |", "|---|---|---|---|---|"]
     for group in [*both["group"].drop_duplicates(), "all"]:

@@ -23,15 +23,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cvae.analysis import group_order
 from cvae.checkpoint import load_checkpoint
-from cvae.clinical import clinical_measures
-from cvae.cli import print_report, report_parser
 from cvae.data.acdc import SubjectInfo
 from cvae.data.dataset import PairDataset
-from cvae.data.preprocess import DEFAULT_SPACING, PreprocessedPair, displacement_to_crop_grid
-from cvae.latent import as_image, simulated_es_measures
-from cvae.refine import DEFAULT_LR, register_refined
+from cvae.data.grid import DEFAULT_SPACING
+from cvae.data.preprocess import PreprocessedPair, displacement_to_crop_grid
+from cvae.evaluation.clinical import clinical_measures
+from cvae.latent import as_image, group_order, simulated_es_measures
+from cvae.latent.refine import DEFAULT_LR, register_refined
+
+from report import print_report, report_parser  # benchmarks/ is on sys.path when run as a script
 
 #: The transport claims' LVEF thresholds (%).
 HIGH, LOW = 50.0, 40.0

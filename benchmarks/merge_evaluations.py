@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cvae.evaluate import write_results
+from cvae.evaluation.evaluate import write_results
 
 
 def merge(folders: list[Path]) -> pd.DataFrame:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .data.grid import DEFAULT_SPACING
 from .device import resolve_device
+from .io.atomic import atomic_folder
 from .model import CVAERegistration, ModelConfig
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "load_weights",
@@ -70,29 +70,6 @@ def read_config(folder: str | os.PathLike, fmt: str = FORMAT) -> dict[str, Any]:
     return config
 
 
-def _write_atomic_folder(folder: Path, write: Any) -> None:
-    """Create ``folder`` by calling ``write(tmp_folder)`` and swapping the result in with renames."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        write(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-            with open(f, "rb") as handle:
-                os.fsync(handle.fileno())
-        old = folder.with_name(f".{folder.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimizer ``state_dict`` into tensors (for safetensors) and a JSON-able rest."""
     tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
@@ -113,14 +90,15 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, *, spacing=(1.5, 1.5, 3.15),
+def save_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, *,
+                    spacing: tuple[float, float, float] = DEFAULT_SPACING,
                     training: dict | None = None, metrics: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None, trainer: dict | None = None,
                     extra_files: dict[str, str] | None = None, sections: dict[str, Any] | None = None,
                     fmt: str = FORMAT) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (and the optimizer and trainer state, and ``extra_files``
     name -> text such as a ``README.md`` model card, when given) atomically; ``sections`` are further top-level
-    entries of ``config.json`` (such as :mod:`cvae.standardise`'s ``latent_standardisation``).
+    entries of ``config.json`` (such as :mod:`cvae.latent.standardise`'s ``latent_standardisation``).
 
     ``model`` has a ``config`` with ``to_dict()``; ``fmt`` names the kind of checkpoint (another model, such as the
     VoxelMorph baseline, uses its own).
@@ -141,8 +119,7 @@ def save_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, *, spacin
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
 
-    _write_atomic_folder(folder, write)
-    return folder
+    return atomic_folder(folder, write)
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -1,21 +1,28 @@
-"""The ``cvae`` command: ``cvae <command> [options]``; each command lives in its own module's ``main(argv)``."""
+"""The ``cvae`` command: ``cvae <command> [options]``; each command lives in its own module's ``main(argv)``.
+
+Also the helpers that turn a config dataclass into command-line options: :func:`option` declares a field with its
+help line (unit and meaning; argparse adds the default), :func:`add_config_arguments` makes one ``--flag`` per field
+and :func:`config_from_arguments` builds the config back. Nothing heavy is imported here.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from dataclasses import field
+from typing import Any
 
 #: command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("cvae.data.synthetic", "write a synthetic ACDC-like cohort in the ACDC layout"),
-    "train": ("cvae.train", "train the CVAE (single process or torchrun)"),
-    "register": ("cvae.register", "register two NIfTI images, write NIfTI outputs and metrics"),
-    "evaluate": ("cvae.evaluate", "evaluate methods (cvae, demons, voxelmorph, identity) on a cohort"),
-    "embed": ("cvae.latent", "encode a cohort to a table of latent codes and clinical measures"),
-    "standardise": ("cvae.standardise", "re-centre and re-scale a checkpoint's latent space to a cohort's codes "
-                    "(exact, lowers the KL)"),
+    "train": ("cvae.training.train", "train the CVAE (single process or torchrun)"),
+    "register": ("cvae.io.register", "register two NIfTI images, write NIfTI outputs and metrics"),
+    "evaluate": ("cvae.evaluation.evaluate", "evaluate methods (cvae, demons, voxelmorph, identity) on a cohort"),
+    "embed": ("cvae.latent.cohort", "encode a cohort to a table of latent codes and clinical measures"),
+    "standardise": ("cvae.latent.standardise", "re-centre and re-scale a checkpoint's latent space to a cohort's "
+                    "codes (exact, lowers the KL)"),
 }
 
 
@@ -26,33 +33,64 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def report_parser(description: str) -> argparse.ArgumentParser:
-    """The options every benchmark report shares: ``--data``, ``--checkpoint``, ``--split``, ``--device`` and
-    ``--out`` (see :func:`print_report`)."""
-    from .paths import data_root
-
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data", default=str(data_root()), help="cohort folder (default: $CVAE_DATA or "
-                        "data/synthetic-acdc)")
-    parser.add_argument("--checkpoint", default="synthetic-acdc", help="checkpoint name or folder")
-    parser.add_argument("--split", default="testing", help="cohort split (default testing)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--out", default=None, help="also write the Markdown to this file")
-    return parser
+def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's name for it
+    """A dataclass field with its default and its command-line help (unit included)."""
+    if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
-def print_report(name: str, make_text: Callable[[], str], out: str | None = None) -> int:
-    """Print the Markdown of ``make_text()`` (and write it to ``out`` when given) and return 0; a ``ValueError``
-    becomes one line ``<name>: error: ...`` on stderr and return code 2. For the benchmark scripts."""
-    try:
-        text = make_text()
-    except ValueError as exc:
-        print(f"{name}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(text)
-    if out:
-        Path(out).write_text(text + "\n")
-    return 0
+def _help(config_class: type, name: str) -> str:
+    """The help of field ``name``: its own, else that of the same field in a base class."""
+    for klass in config_class.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and "help" in f.metadata:
+            return f.metadata["help"]
+    return ""
+
+
+def _nested(f: dataclasses.Field) -> type | None:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return type(default) if dataclasses.is_dataclass(default) else None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One ``--flag`` per field of a config dataclass, typed from its default, with the field's help.
+
+    A ``tuple[int, ...]`` takes any count of values, a fixed-length tuple that many; booleans get ``--no-flag``; a
+    field holding another config dataclass contributes that class's fields as flags of their own.
+    """
+    for f in dataclasses.fields(config_class):
+        nested = _nested(f)
+        if nested is not None:
+            add_config_arguments(parser, nested)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = _help(config_class, f.name)
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif isinstance(default, tuple):
+            nargs = "+" if "..." in str(f.type) else len(default)
+            metavar = "N" if nargs == "+" else ("X", "Y", "Z") if nargs == 3 else None
+            parser.add_argument(flag, nargs=nargs, type=type(default[0]), default=default, help=text, metavar=metavar)
+        elif isinstance(default, dict):
+            parser.add_argument(flag, type=json.loads, default=default, help=f"{text} (JSON object)")
+        else:
+            parser.add_argument(flag, type=type(default) if default is not None else str, default=default, help=text)
+
+
+def config_from_arguments(config_class: type, values: dict[str, Any]) -> Any:
+    """The config dataclass from parsed ``values`` (lists back to tuples, nested configs rebuilt)."""
+    kwargs = {}
+    for f in dataclasses.fields(config_class):
+        nested = _nested(f)
+        if nested is not None:
+            kwargs[f.name] = config_from_arguments(nested, values)
+        elif f.name in values:
+            value = values[f.name]
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    return config_class(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Pure functions on images and displacement fields: warping, composition, exponentiation, Jacobians, smoothing.
 
-Conventions (see ``DESIGN.md``):
+Conventions (see ``docs/DESIGN.md``):
 
 * images are ``(B, C, X, Y, Z)``; fields (velocity ``v``, displacement ``u``) are ``(B, 3, X, Y, Z)`` in **voxel
   units**, channel ``i`` being the component along axis ``i``;
@@ -12,13 +12,17 @@ Every function is differentiable, batched and runs on whatever device its inputs
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "image_tensor",
     "warp",
+    "warp_labels",
     "compose",
     "exponentiate",
     "steps_for",
@@ -53,6 +57,24 @@ def identity_grid(shape: tuple[int, int, int], device: torch.device | str = "cpu
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
 
 
+def image_tensor(volume: torch.Tensor | np.ndarray, device: torch.device | str | None = None,
+                 shape: Sequence[int] | None = None, name: str = "image") -> torch.Tensor:
+    """One volume as a float32 ``(1, 1, X, Y, Z)`` tensor (on ``device`` when given), the layout every layer takes.
+
+    Accepts ``(X, Y, Z)``, ``(1, X, Y, Z)`` or ``(1, 1, X, Y, Z)`` numpy arrays or tensors (label maps too). With
+    ``shape`` the grid must be ``shape`` voxels; ``ValueError`` (naming ``name``) otherwise.
+    """
+    t = volume if isinstance(volume, torch.Tensor) else torch.tensor(np.asarray(volume))
+    while t.dim() < 5:
+        t = t.unsqueeze(0)
+    if t.shape[:2] != (1, 1) or t.dim() != 5:
+        raise ValueError(f"{name} must be one volume (X, Y, Z) or (1, 1, X, Y, Z), got shape {tuple(volume.shape)}")
+    if shape is not None and tuple(t.shape[2:]) != tuple(int(n) for n in shape):
+        raise ValueError(f"{name} is {tuple(t.shape[2:])} voxels but the model expects {tuple(shape)}: "
+                         "preprocess with cvae.data.preprocess first")
+    return t.to(device=device, dtype=torch.float32)
+
+
 def warp(image: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear",
          padding_mode: str = "border") -> torch.Tensor:
     """Resample ``image`` at ``x + u(x)``: returns ``M o phi`` with ``phi = id + u``.
@@ -82,6 +104,17 @@ def warp(image: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear"
     if image.shape[0] == 1 and grid.shape[0] > 1:
         image = image.expand(grid.shape[0], *image.shape[1:])
     return F.grid_sample(image.to(grid.dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def warp_labels(labels: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+    """Label maps ``(1 or B, 1, X, Y, Z)`` (any numeric dtype) warped by nearest neighbour: ``uint8``
+    ``(B, 1, X, Y, Z)``.
+
+    ``labels o (id + u)`` for each displacement ``(B, 3, X, Y, Z)`` (voxels); the labels are moved to the field's
+    device. Nearest-neighbour sampling keeps the label values exact (no blend of two labels).
+    """
+    moved = warp(labels.to(device=displacement.device, dtype=displacement.dtype), displacement, mode="nearest")
+    return moved.round().to(torch.uint8)
 
 
 def compose(u_a: torch.Tensor, u_b: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,28 @@
-"""Loss terms of the CVAE: Gaussian-window local cross-correlation, its symmetric form, the KL divergence, and
-an optional label-overlap term.
+"""The method's objective and its terms: Gaussian-window local cross-correlation, its symmetric form, the KL
+divergence, and an optional label-overlap term.
 
-The likelihood is a Boltzmann distribution ``p(F | z, M) ~ exp(-lambda * D)`` with ``D = 1 - LCC_sym`` where
-``LCC_sym`` is the local cross-correlation between ``F o exp(-v/2)`` and ``M o exp(v/2)``; the prior is N(0, I).
+The likelihood is a Boltzmann distribution ``p(F | v, M) ~ exp(-lambda * D)`` with ``D = 1 - LCC_sym`` where
+``LCC_sym`` is the local cross-correlation between ``F o exp(-v/2)`` and ``M o exp(v/2)``. Every optimisation of the
+project lowers the same energy :func:`objective`, ``lambda * (1 - LCC_sym) + penalty``, and differs only in what the
+penalty is (the negative log prior of what is optimised):
+
+* training (amortised inference): the KL divergence of ``q(z | F, M)`` to the prior N(0, I), :func:`kl_divergence`;
+* refinement of one pair's code (``cvae.latent.refine``): ``|z|^2 / 2``, the negative log density of N(0, I).
+
 :func:`soft_label_dice` is not part of the paper's method: it serves label-supervised fine-tuning (``cvae train
 --seg-weight``, as in VoxelMorph's auxiliary-segmentation variant), for cohorts whose training pairs have labels.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .fields import exponentiate, gaussian_kernel1d, gaussian_smooth, warp
 
-__all__ = ["local_cross_correlation", "symmetric_lcc", "kl_divergence", "soft_label_dice", "LCC_EPS"]
+__all__ = ["local_cross_correlation", "symmetric_lcc", "Energy", "objective", "kl_divergence", "soft_label_dice",
+           "LCC_EPS"]
 
 #: Added to the local variances' product so that flat regions do not divide by zero.
 LCC_EPS = 1e-5
@@ -59,6 +68,34 @@ def symmetric_lcc(fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Ten
     forward = exponentiate(0.5 * velocity, half_steps, downsample)
     backward = exponentiate(-0.5 * velocity, half_steps, downsample)
     return local_cross_correlation(warp(fixed, backward), warp(moving, forward), sigma, kernel_size)
+
+
+@dataclass
+class Energy:
+    """The terms of :func:`objective` for a batch, each ``(B,)``: ``total = similarity + penalty`` with
+    ``similarity = lam * (1 - lcc)``."""
+
+    total: torch.Tensor
+    similarity: torch.Tensor
+    lcc: torch.Tensor
+    penalty: torch.Tensor
+
+
+def objective(fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Tensor, penalty: torch.Tensor, lam: float,
+              n_steps: int = 4, sigma: float = 2.0, kernel_size: int = 9, downsample: int = 1) -> Energy:
+    """The energy every optimisation of the project lowers: ``lam * (1 - LCC_sym(F, M; v)) + penalty``, per pair.
+
+    Args:
+        fixed, moving: ``(B, 1, X, Y, Z)``.
+        velocity: ``(B, 3, X, Y, Z)`` in voxels (already smoothed), with ``M o exp(v) ~ F``.
+        penalty: ``(B,)`` (or broadcastable to it): the negative log prior of what is optimised, in nats (the KL
+            divergence in training, ``|z|^2 / 2`` for a MAP code).
+        lam: the likelihood's lambda; ``n_steps``, ``sigma``, ``kernel_size`` and ``downsample`` as in
+            :func:`symmetric_lcc` (the model's :class:`~cvae.model.ModelConfig` holds all of them).
+    """
+    lcc = symmetric_lcc(fixed, moving, velocity, n_steps, sigma, kernel_size, downsample)
+    similarity = lam * (1.0 - lcc)
+    return Energy(total=similarity + penalty, similarity=similarity, lcc=lcc, penalty=penalty.expand_as(lcc))
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

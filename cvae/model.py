@@ -2,20 +2,23 @@
 
 ``F`` (fixed) and ``M`` (moving) go through an encoder to a latent code ``z ~ N(mu, sigma)``; a decoder conditioned on
 ``M`` (down-sampled ``M`` concatenated at every scale) turns ``z`` into a stationary velocity field ``v`` which is
-smoothed by a Gaussian layer and exponentiated (scaling and squaring) into the diffeomorphism ``phi = exp(v)``; a spatial
-transformer warps ``M``. With ``M o exp(v) ~ F``. Images are ``(B, 1, X, Y, Z)``, fields ``(B, 3, X, Y, Z)`` in voxels.
+smoothed by a Gaussian layer and exponentiated (scaling and squaring) into the diffeomorphism ``phi = exp(v)``; a
+spatial transformer warps ``M``. With ``M o exp(v) ~ F``. Images are ``(B, 1, X, Y, Z)``, fields ``(B, 3, X, Y, Z)`` in
+voxels.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields as dataclass_fields
+from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cli import option
+from .data.grid import DEFAULT_SIZE
 from .fields import exponentiate, gaussian_kernel1d, gaussian_smooth, jacobian_determinant, warp
-from .data.labels import N_LABELS
-from .losses import kl_divergence, soft_label_dice, symmetric_lcc
+from .losses import Energy, objective
 
 __all__ = ["ModelConfig", "CVAERegistration", "RegistrationResult", "GaussianSmoothing", "Exponentiate",
            "SpatialTransformer", "check_pair"]
@@ -23,30 +26,34 @@ __all__ = ["ModelConfig", "CVAERegistration", "RegistrationResult", "GaussianSmo
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and loss hyper-parameters; saved in every checkpoint's ``config.json``.
+    """Architecture and objective hyper-parameters; saved in every checkpoint's ``config.json`` (each field's help
+    line says what it is, with its unit; ``cvae train --help`` shows them).
 
-    ``image_size`` is in voxels (the network has fully connected layers, so it is fixed per model); ``sigma_smooth``
-    (sigma_S) and ``sigma_lcc`` (sigma_G) are in voxels; ``n_steps`` is N of scaling and squaring;
-    ``integration_downsample`` is the grid reduction at which scaling and squaring runs (1: full resolution; 2 is
-    faster but less inverse-consistent, see ``benchmarks/RESULTS.md``); ``lam`` weighs the similarity term against
-    the KL divergence. The last decoder stages are thin because they run at full resolution. ``film`` lets the code
-    also scale and shift the features of every decoder stage (see :class:`Decoder`).
+    The network has fully connected layers, so ``image_size`` is fixed per model. The last decoder stages are thin
+    because they run at full resolution. ``lam`` weighs the similarity against the prior's penalty in the one
+    objective of :func:`cvae.losses.objective`.
+
+    The defaults are the shipped ``synthetic-acdc`` model: the paper's architecture and smoothing, plus FiLM, and
+    ``lam = 40000`` (the paper trained with 5000; the model card says how the shipped model got from one to the
+    other).
     """
 
-    image_size: tuple[int, int, int] = (128, 128, 32)
-    latent_dim: int = 16
-    encoder_channels: tuple[int, ...] = (16, 32, 32, 4)
-    encoder_strides: tuple[int, ...] = (2, 2, 2, 1)
-    decoder_channels: tuple[int, ...] = (32, 16, 8)
-    head_channels: int = 8
-    sigma_smooth: float = 3.0
-    kernel_smooth: int = 15
-    n_steps: int = 4
-    integration_downsample: int = 1
-    lam: float = 5000.0
-    sigma_lcc: float = 2.0
-    kernel_lcc: int = 9
-    film: bool = False
+    image_size: tuple[int, int, int] = option(DEFAULT_SIZE, "grid of the network's input, voxels (X Y Z)")
+    latent_dim: int = option(16, "d, the size of the latent code z")
+    encoder_channels: tuple[int, ...] = option((16, 32, 32, 4), "channels of the encoder's convolutions")
+    encoder_strides: tuple[int, ...] = option((2, 2, 2, 1), "strides of the encoder's convolutions (one per layer)")
+    decoder_channels: tuple[int, ...] = option((32, 16, 8), "channels of the decoder's transposed convolutions "
+                                                            "(one per stride-2 encoder layer)")
+    head_channels: int = option(8, "channels of the decoder's last convolution at full resolution")
+    sigma_smooth: float = option(3.0, "sigma_S of the Gaussian smoothing of the velocity, voxels")
+    kernel_smooth: int = option(15, "taps of that smoothing kernel, voxels (odd)")
+    n_steps: int = option(4, "N, the scaling-and-squaring steps of exp(v)")
+    integration_downsample: int = option(1, "integrate exp(v) on a grid this many times coarser (1 = full "
+                                            "resolution; 2 is faster, less inverse-consistent)")
+    lam: float = option(40000.0, "lambda, weight of 1 - LCC against the prior's penalty (the KL divergence)")
+    sigma_lcc: float = option(2.0, "sigma_G of the LCC's Gaussian windows, voxels")
+    kernel_lcc: int = option(9, "taps of the LCC windows, voxels (odd)")
+    film: bool = option(True, "the code also scales and shifts the features of every decoder stage (FiLM)")
 
     def __post_init__(self) -> None:
         for name in ("image_size", "encoder_channels", "encoder_strides", "decoder_channels"):
@@ -201,10 +208,8 @@ class Decoder(nn.Module):
 
     With ``film`` the code also modulates every stage's features, ``h -> h * (1 + gamma(z)) + beta(z)`` per channel
     (feature-wise linear modulation, Perez et al. 2018). Through the bottleneck alone the code can only add a pattern
-    at fixed positions, while the motion to predict is "this heart, contracting more or less"; the decoder then
-    learns the motion from M and ignores the code (posterior collapse). A per-channel gain on features that already
-    follow the anatomy can express it directly. On the synthetic cohort FiLM raised the validation Dice (76.6 vs
-    75.8 % at step 250) but did not, by itself, make the code informative (model card of ``synthetic-acdc``).
+    at fixed positions, while the motion to predict is "this heart, contracting more or less"; a per-channel gain on
+    features that already follow the anatomy can express it directly.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -256,8 +261,9 @@ def _resize(image: torch.Tensor, size: torch.Size) -> torch.Tensor:
 class CVAERegistration(nn.Module):
     """The probabilistic registration network.
 
-    Use :meth:`register` for registration (one forward pass, ``z = mu``), :meth:`encode` / :meth:`decode` for the
-    latent space, and ``forward`` for training (it returns the loss terms).
+    Use :meth:`register` (also ``model(fixed, moving)``) for registration (one forward pass, ``z = mu``),
+    :meth:`encode` / :meth:`decode` for the latent space, and :meth:`objective` for the energy that training and
+    code refinement lower (:mod:`cvae.training.objective`, :mod:`cvae.latent.refine`).
     """
 
     def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
@@ -314,38 +320,14 @@ class CVAERegistration(nn.Module):
                                   inverse_displacement=self.exponentiate(-v) if inverse else None,
                                   jacobian=jacobian_determinant(u), mu=mu, logvar=logvar)
 
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, kl_weight: float = 1.0,
-                condition_dropout: float = 0.0, code_target: torch.Tensor | None = None,
-                code_weight: float = 0.0, labels: tuple[torch.Tensor, torch.Tensor] | None = None,
-                seg_weight: float = 0.0) -> dict[str, torch.Tensor]:
-        """Training loss terms for a batch, each a scalar (batch mean).
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> RegistrationResult:
+        """:meth:`register` without the inverse transform."""
+        return self.register(fixed, moving, inverse=False)
 
-        ``loss = lam * (1 - lcc) + kl_weight * kl``; ``similarity = lam * (1 - lcc)``; ``lcc`` is the symmetric LCC;
-        ``kl`` in nats. ``z`` is sampled by the reparameterisation trick. ``kl_weight < 1`` serves the KL warm-up of
-        training (the objective is the ELBO only at 1). With probability ``condition_dropout`` (drawn from torch's
-        global generator) the decoder is conditioned on a blank image instead of M for this batch, the loss still
-        comparing the real F and M: the motion must then come through ``z``, which is meant to keep the code from
-        collapsing (the image counterpart of word dropout, Bowman et al. 2016; no effect within 250 steps here).
-        With ``code_target`` ``(B, k)``, ``k <= d``, the loss also gets ``code_weight * code``, ``code`` being the
-        mean squared distance of the first ``k`` dimensions of ``mu`` to it (the code warm-up of :mod:`cvae.warmup`).
-        With ``labels = (moving_label, fixed_label)``, each ``(B, 1, X, Y, Z)`` ACDC labels, and ``seg_weight > 0``,
-        the loss also gets ``seg_weight * (1 - dice)``, ``dice`` being the soft Dice of the warped moving labels
-        (:func:`cvae.losses.soft_label_dice`): label-supervised fine-tuning, outside the paper's unsupervised method.
-        """
-        mu, logvar = self.encode(fixed, moving)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        blank = condition_dropout > 0 and bool(torch.rand(()) < condition_dropout)
-        v = self.velocity(z, torch.zeros_like(moving) if blank else moving)
+    def objective(self, fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Tensor,
+                  penalty: torch.Tensor) -> Energy:
+        """:func:`cvae.losses.objective` with this model's ``lam``, LCC windows and integration: the energy
+        ``lam * (1 - LCC_sym) + penalty`` of pairs ``(B, 1, X, Y, Z)`` for smoothed velocities ``(B, 3, X, Y, Z)``."""
         cfg = self.config
-        lcc = symmetric_lcc(fixed, moving, v, cfg.n_steps, cfg.sigma_lcc, cfg.kernel_lcc,
-                            cfg.integration_downsample).mean()
-        kl = kl_divergence(mu, logvar).mean()
-        similarity = cfg.lam * (1.0 - lcc)
-        terms = {"loss": similarity + kl_weight * kl, "similarity": similarity, "kl": kl, "lcc": lcc}
-        if code_target is not None:
-            terms["code"] = (mu[:, :code_target.shape[1]] - code_target).pow(2).mean()
-            terms["loss"] = terms["loss"] + code_weight * terms["code"]
-        if labels is not None and seg_weight > 0:
-            terms["dice"] = soft_label_dice(*labels, self.exponentiate(v), N_LABELS).mean()
-            terms["loss"] = terms["loss"] + seg_weight * (1.0 - terms["dice"])
-        return terms
+        return objective(fixed, moving, velocity, penalty, cfg.lam, cfg.n_steps, cfg.sigma_lcc, cfg.kernel_lcc,
+                         cfg.integration_downsample)

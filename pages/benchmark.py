@@ -7,19 +7,21 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cvae import app_state as S
 from cvae import figures as F
-from cvae.baselines import METHODS
+from cvae.app import cached as C
+from cvae.app import cohort as H
+from cvae.app import widgets as W
 from cvae.checkpoint import resolve_checkpoint
-from cvae.evaluate import MEAN_STRUCTURE, build_methods, evaluate_cohort, summarise, write_results
-from cvae.evaluate_figures import box_plot
+from cvae.evaluation.evaluate import MEAN_STRUCTURE, build_methods, run_evaluation, summarise
+from cvae.evaluation.figures import box_plot
+from cvae.methods import METHODS
 from cvae.paths import results_root
 
 #: Subfolder of the results folder where the app's small evaluation goes (the full results are never overwritten).
 QUICK = "app-limit5"
 QUICK_LIMIT = 5
 
-S.ensure_app_entry()
+W.ensure_app_entry()
 st.title("Benchmark")
 st.caption("Every method registers the same preprocessed ED → ES pairs; the same code warps the ED segmentation "
            "and scores it against the ES segmentation (Dice, HD95), and measures folding (det J ≤ 0) and time. "
@@ -50,7 +52,7 @@ def _summary_table(summary: pd.DataFrame) -> pd.DataFrame:
     }, index=rows.index)
 
 
-@S.guard
+@W.guard
 def _show(folder: Path) -> None:
     cases_path = folder / "cases.csv"
     cases = _cases(str(cases_path), cases_path.stat().st_mtime)
@@ -71,35 +73,32 @@ def _show(folder: Path) -> None:
             st.markdown((folder / "summary.md").read_text())
 
 
-@S.guard
+@W.guard
 def _quick_run() -> None:
     st.subheader(f"Run a small evaluation ({QUICK_LIMIT} subjects)")
     methods = st.multiselect("Methods", METHODS, default=list(METHODS), key="benchmark_methods")
     st.caption(f"Equivalent to `cvae evaluate --limit {QUICK_LIMIT} --out {results_root() / QUICK}`. Demons takes "
                "seconds to minutes per case on a CPU; unavailable methods (e.g. no VoxelMorph checkpoint) are "
                "skipped with a note.")
-    if not st.button("Run the evaluation", type="primary", disabled=not methods, icon=":material/play_arrow:"):
+    if not st.button("Run the evaluation", type="primary", disabled=not methods, icon=":material/play_arrow:",
+                     key="benchmark_run"):
         return
-    root = S.cohort_root()
-    split = "testing" if (S.cohort_subjects(root)["split"] == "testing").any() else None
-    built, skipped = build_methods(methods, checkpoint=str(resolve_checkpoint(S.active_checkpoint())))
+    root = H.cohort_root()
+    built, skipped = build_methods(methods, checkpoint=str(resolve_checkpoint(C.active_checkpoint())))
     for message in skipped:
         st.warning(message)
-    if not built:
-        raise ValueError("none of the chosen methods can run here (see the messages above)")
     bar = st.progress(0.0, text="Evaluating…")
-    cases = evaluate_cohort(root, built, split, QUICK_LIMIT, progress=False,
-                            on_case=lambda done, total, subject: bar.progress(done / total,
-                                                                              text=f"{subject}: {done} / {total}"))
+    run_evaluation(root, built, results_root() / QUICK, H.study_split(C.cohort_subjects(root)), QUICK_LIMIT,
+                   title=f"Quick evaluation ({QUICK_LIMIT} subjects, run from the app)", skipped=skipped,
+                   progress=False, on_case=lambda done, total, subject: bar.progress(
+                       done / total, text=f"{subject}: {done} / {total}"))
     bar.empty()
-    notes = [f"data: {root} ({split or 'all'}), {cases['subject'].nunique()} cases, run from the app", *skipped]
-    write_results(cases, results_root() / QUICK, f"Quick evaluation ({QUICK_LIMIT} subjects)", notes)
     st.session_state["benchmark_show_quick"] = True
     st.toast(f"Wrote the results to {results_root() / QUICK}", icon=":material/check:")
     st.rerun()
 
 
-@S.guard
+@W.guard
 def main() -> None:
     folders = _result_folders()
     if st.session_state.pop("benchmark_show_quick", False):  # a quick run just finished: show its results

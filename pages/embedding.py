@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from cvae import app_state as S
 from cvae import figures as F
+from cvae.app import cached as C
+from cvae.app import cohort as H
+from cvae.app import widgets as W
+from cvae.latent.table import latent_dim_of
 
 METHOD_NAMES = {"cca": "CCA", "umap": "UMAP", "pca": "PCA"}
 HOVER = ("LVEF", "LVEDV", "LVM", "RVEF", "MaxWT")
 REGISTER_PAGE = "pages/register.py"
 
-S.ensure_app_entry()
+W.ensure_app_entry()
 st.title("Embedding")
-st.caption("Each point is one test subject: the code μ of its (ES, ED) pair, projected from 16 to 2 dimensions. "
-           "If the motion codes carry the disease, the groups separate.")
 
 
 def _open_on_register(subject: str) -> None:
@@ -24,8 +25,11 @@ def _open_on_register(subject: str) -> None:
     st.switch_page(REGISTER_PAGE)
 
 
-@S.guard
+@W.guard
 def _projection(checkpoint: str, root: str) -> None:
+    table = C.cohort_table(checkpoint, root)
+    st.caption(f"Each point is one test subject: the code μ of its (ES, ED) pair, projected from "
+               f"{latent_dim_of(table)} to 2 dimensions. If the motion codes carry the disease, the groups separate.")
     method = st.segmented_control("Projection", list(METHOD_NAMES), format_func=METHOD_NAMES.get, default="cca",
                                   key="embedding_method") or "cca"
     with st.expander("What do the projections do?"):
@@ -35,30 +39,27 @@ def _projection(checkpoint: str, root: str) -> None:
             "directions exist.\n"
             "* **UMAP** keeps neighbours together without looking at the labels: unsupervised.\n"
             "* **PCA** shows the two directions of largest variance: unsupervised and linear.")
-    table = S.cohort_table(checkpoint, root)
-    points = S.projection(checkpoint, root, method).merge(table[["subject", *HOVER]], on="subject", how="left")
+    points = C.projection(checkpoint, root, method).merge(table[["subject", *HOVER]], on="subject", how="left")
     names = {"cca": ("CCA 1", "CCA 2"), "umap": ("UMAP 1", "UMAP 2"), "pca": ("PC 1", "PC 2")}[method]
     figure = F.embedding_figure(points["x"], points["y"], points["group"], points["subject"],
                                 hover={f"{k} ({u})": points[k] for k, u in
                                        zip(HOVER, ("%", "mL", "g", "%", "mm"))}, axis_titles=names)
     event = st.plotly_chart(figure, on_select="rerun", selection_mode="points", key=f"embedding_chart_{method}")
-    subject = S.selected_subject(event)
+    subject = W.selected_subject(event)
     if subject is not None:
         _open_on_register(subject)
     left, right = st.columns([2, 1], vertical_alignment="bottom")
     pick = left.selectbox("…or pick a subject", points["subject"].tolist(), key="embedding_pick")
-    if right.button("Open on the Register page", icon=":material/open_in_new:"):
+    if right.button("Open on the Register page", icon=":material/open_in_new:", key="embedding_open"):
         _open_on_register(pick)
     st.caption("Click a point to open that subject on the Register page. Hover for its clinical measures "
                "(from the segmentations).")
 
 
-@S.guard
+@W.guard
 def _classification(checkpoint: str, root: str) -> None:
     st.subheader("Telling the groups apart from the codes")
-    table = S.cohort_table(checkpoint, root)
-    smallest = int(table["group"].value_counts().min())
-    report = S.classification(checkpoint, root, folds=max(2, min(10, smallest)))
+    report = C.classification(checkpoint, root)
     cols = st.columns(3)
     cols[0].metric(f"leak-free accuracy ({report.n_folds}-fold)",
                    f"{100 * report.accuracy_mean:.0f} ± {100 * report.accuracy_std:.0f} %")
@@ -81,9 +82,9 @@ def _classification(checkpoint: str, root: str) -> None:
             st.caption(note)
 
 
-@S.guard
+@W.guard
 def main() -> None:
-    checkpoint, root = S.active_checkpoint(), str(S.cohort_root())
+    checkpoint, root = C.active_checkpoint(), str(H.cohort_root())
     _projection(checkpoint, root)
     _classification(checkpoint, root)
 

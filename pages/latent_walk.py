@@ -5,15 +5,17 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from cvae import app_state as S
 from cvae import figures as F
+from cvae.app import cached as C
+from cvae.app import cohort as H
+from cvae.app import widgets as W
+from cvae.latent.priors import CodePrior
 
 #: Slider range of every latent coordinate (the prior N(0, 1) puts 99.9 % of its mass inside).
 LIMIT = 3.5
 STEP = 0.05
-VIEW_TITLES = {"axial": "axial (short axis)", "coronal": "coronal", "sagittal": "sagittal"}
 
-S.ensure_app_entry()
+W.ensure_app_entry()
 st.title("Latent walk")
 st.caption("Every deformation the model can produce is decoded from a code z of a few numbers. Here you set z by "
            "hand and see the deformation it gives to this subject's ED image. At the subject's own code "
@@ -34,38 +36,42 @@ def _code(d: int) -> tuple[float, ...]:
     return tuple(float(st.session_state[_key(i)]) for i in range(d))
 
 
-@S.guard
-def _sample_like_cohort(checkpoint: str, root: str, seed: int) -> None:
-    _set_code(S.cohort_code_prior(checkpoint, root).draw(1, seed=seed)[0].numpy())
+def _draw(prior: CodePrior) -> None:
+    _set_code(prior.draw(1)[0].numpy())
+
+
+@W.guard
+def _sample_like_cohort(checkpoint: str, root: str) -> None:
+    _draw(C.cohort_code_prior(checkpoint, root))
 
 
 @st.fragment
-@S.guard
+@W.guard
 def _explorer(checkpoint: str, root: str, subject: str, d: int) -> None:
     """Buttons, sliders and the decoded deformation; a fragment, so a slider move reruns only this part."""
-    mu, sigma = S.subject_posterior(checkpoint, root, subject)
-    rng = np.random.default_rng()
+    mu, sigma = C.subject_posterior(checkpoint, root, subject)
     buttons = st.columns(4)
-    buttons[0].button("Reset to the subject's code μ", on_click=_set_code, args=(mu,), icon=":material/restart_alt:")
-    buttons[1].button("Randomise: z ~ q(z | ES, ED)", icon=":material/shuffle:",
-                      on_click=lambda: _set_code(mu + sigma * rng.standard_normal(d)),
+    buttons[0].button("Reset to the subject's code μ", on_click=_set_code, args=(mu,), icon=":material/restart_alt:",
+                      key="walk_reset")
+    buttons[1].button("Randomise: z ~ q(z | ES, ED)", icon=":material/shuffle:", key="walk_posterior",
+                      on_click=_draw, args=(CodePrior.posterior(mu, sigma),),
                       help="a sample of the posterior: another plausible registration of this pair")
-    buttons[2].button("Sample from the prior N(0, I)", icon=":material/casino:",
-                      on_click=lambda: _set_code(rng.standard_normal(d)),
+    buttons[2].button("Sample from the prior N(0, I)", icon=":material/casino:", key="walk_prior",
+                      on_click=_draw, args=(CodePrior.standard(d),),
                       help="a random motion of the model's repertoire, applied to this heart (the paper's prior; "
                       "some of its codes lie where no subject's code is)")
     buttons[3].button("Sample like the cohort", icon=":material/groups:", on_click=_sample_like_cohort,
-                      args=(checkpoint, root, int(rng.integers(2 ** 31))),
+                      args=(checkpoint, root), key="walk_cohort",
                       help="z from the Gaussian fitted to the codes of the cohort's subjects (their aggregate "
                       "posterior): motions like the cohort's, applied to this heart")
     columns = st.columns(4)
     for i in range(d):
         columns[i % 4].slider(f"z{i + 1}", -LIMIT, LIMIT, step=STEP, key=_key(i))
     z = _code(d)
-    pair = S.pair_for(checkpoint, root, subject)
-    decoded = S.decode_subject(checkpoint, root, subject, z)
+    pair = C.pair_for(checkpoint, root, subject)
+    decoded = C.decode_subject(checkpoint, root, subject, z)
     view_col, slice_col = st.columns([2, 3])
-    view = view_col.segmented_control("View", F.VIEWS, format_func=VIEW_TITLES.get, default="axial",
+    view = view_col.segmented_control("View", F.VIEWS, format_func=F.VIEW_TITLES.get, default="axial",
                                       key="walk_view") or "axial"
     n = F.n_slices(pair.moving.shape, view)
     index = slice_col.slider("Slice", 0, n - 1, n // 2, key=f"walk_slice_{view}")
@@ -83,7 +89,7 @@ def _explorer(checkpoint: str, root: str, subject: str, d: int) -> None:
                    "hence an ejection fraction: which latent directions make the heart contract more?")
 
 
-@S.guard
+@W.guard
 def _animation(checkpoint: str, root: str, subject: str, d: int) -> None:
     st.subheader("Animation along one dimension")
     cols = st.columns([1, 1, 2])
@@ -95,16 +101,16 @@ def _animation(checkpoint: str, root: str, subject: str, d: int) -> None:
         return
     view = st.session_state.get("walk_view", "axial")
     index = st.session_state.get(f"walk_slice_{view}")
-    pair = S.pair_for(checkpoint, root, subject)
+    pair = C.pair_for(checkpoint, root, subject)
     n = F.n_slices(pair.moving.shape, view)
     index = n // 2 if index is None else int(index)
     values = tuple(float(v) for v in np.linspace(-3.0, 3.0, frames))
-    slices = S.walk_slices(checkpoint, root, subject, _code(d), int(dim), values, view, index)
+    slices = C.walk_slices(checkpoint, root, subject, _code(d), int(dim), values, view, index)
     st.plotly_chart(F.walk_animation(slices, values, f"z{dim + 1}", F.view_aspect(view, pair.spacing)),
                     key="walk_animation")
 
 
-@S.guard
+@W.guard
 def _uncertainty(checkpoint: str, root: str, subject: str) -> None:
     st.subheader("Posterior uncertainty")
     st.caption("The encoder gives a distribution q(z | ES, ED), not one code. Decoding k codes drawn from it and "
@@ -114,8 +120,8 @@ def _uncertainty(checkpoint: str, root: str, subject: str) -> None:
     k = cols[0].select_slider("Samples k", [4, 8, 16, 32], value=8, key="walk_k")
     if not cols[1].toggle("Compute the uncertainty map", key="walk_unc_on"):
         return
-    std = S.posterior_std(checkpoint, root, subject, int(k))
-    pair = S.pair_for(checkpoint, root, subject)
+    std = C.posterior_std(checkpoint, root, subject, int(k))
+    pair = C.pair_for(checkpoint, root, subject)
     n = F.n_slices(std.shape, "axial")
     index = st.slider("Axial slice", 0, n - 1, n // 2, key="walk_unc_slice")
     st.plotly_chart(F.uncertainty_figure(F.extract_slice(pair.moving, "axial", index),
@@ -124,14 +130,14 @@ def _uncertainty(checkpoint: str, root: str, subject: str) -> None:
     st.caption(f"Mean std over the volume: {float(std.mean()):.3f} mm; largest: {float(std.max()):.2f} mm.")
 
 
-@S.guard
+@W.guard
 def main() -> None:
-    checkpoint, root = S.active_checkpoint(), str(S.cohort_root())
-    subject = S.subject_select("Subject", key="walk_subject")
-    model, _ = S.get_model(checkpoint)
+    checkpoint, root = C.active_checkpoint(), str(H.cohort_root())
+    subject = W.subject_select("Subject", key="walk_subject")
+    model, _ = C.get_model(checkpoint)
     d = model.config.latent_dim
     if st.session_state.get("walk_for") != (checkpoint, root, subject) or _key(0) not in st.session_state:
-        _set_code(S.subject_posterior(checkpoint, root, subject)[0])
+        _set_code(C.subject_posterior(checkpoint, root, subject)[0])
         st.session_state["walk_for"] = (checkpoint, root, subject)
     _explorer(checkpoint, root, subject, d)
     _animation(checkpoint, root, subject, d)

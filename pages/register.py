@@ -8,33 +8,36 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from cvae import app_state as S
 from cvae import figures as F
-from cvae.uploads import MAX_UPLOAD_MB, ROLES, Upload
+from cvae.app import cached as C
+from cvae.app import cohort as H
+from cvae.app import export
+from cvae.app import widgets as W
+from cvae.app.compute import Registration
+from cvae.io.uploads import MAX_UPLOAD_MB, ROLES, Upload
 
 UPLOAD_LABELS = {"fixed": "Fixed image (e.g. ES frame)", "moving": "Moving image (e.g. ED frame)",
                  "fixed_seg": "Fixed segmentation (optional)", "moving_seg": "Moving segmentation (optional)"}
-VIEW_TITLES = {"axial": "Axial (short axis)", "coronal": "Coronal", "sagittal": "Sagittal"}
 
-S.ensure_app_entry()
+W.ensure_app_entry()
 st.title("Register")
 st.caption("The network sees the pair (fixed F, moving M) once and returns the transform φ with M ∘ φ ≈ F. "
            "For a cohort subject, M is the end-diastolic (ED) frame and F the end-systolic (ES) frame: φ is the "
            "contraction of the heart.")
 
 
-def _cohort_pair(checkpoint: str, steps: int) -> tuple[S.Registration, Callable[[], bytes], str]:
-    root = str(S.cohort_root())
-    subject = S.subject_select("Subject", key="register_subject")
-    registration = S.register_subject(checkpoint, root, subject, steps)
-    return registration, lambda: S.subject_outputs_zip(checkpoint, root, subject, steps), subject
+def _cohort_pair(checkpoint: str, steps: int) -> tuple[Registration, Callable[[], bytes], str]:
+    root = str(H.cohort_root())
+    subject = W.subject_select("Subject", key="register_subject")
+    registration = C.register_subject(checkpoint, root, subject, steps)
+    return registration, lambda: export.subject_outputs_zip(checkpoint, root, subject, steps), subject
 
 
-def _uploaded_pair(checkpoint: str, steps: int) -> tuple[S.Registration, Callable[[], bytes], str] | None:
+def _uploaded_pair(checkpoint: str, steps: int) -> tuple[Registration, Callable[[], bytes], str] | None:
     with st.form("uploads"):
         cols = st.columns(4)
         files = [col.file_uploader(UPLOAD_LABELS[role], key=f"upload_{role}") for col, role in zip(cols, ROLES)]
-        st.form_submit_button("Register the uploaded pair", type="primary")
+        st.form_submit_button("Register the uploaded pair", type="primary", key="upload_submit")
     st.caption(f"3-D NIfTI volumes (.nii or .nii.gz, at most {MAX_UPLOAD_MB} MB each) of one acquisition: both "
                "images on the same grid; segmentations with ACDC labels (1 RV, 2 LV myocardium, 3 LV cavity). The "
                "files are kept in a temporary folder only while they are read.")
@@ -42,11 +45,11 @@ def _uploaded_pair(checkpoint: str, steps: int) -> tuple[S.Registration, Callabl
         st.info("Upload a fixed and a moving image, then press **Register the uploaded pair**.")
         return None
     uploads = tuple(None if f is None else Upload(f.name, f.getvalue()) for f in files)
-    registration = S.register_uploads(checkpoint, uploads, steps)
-    return registration, lambda: S.uploads_zip(checkpoint, uploads, steps), "upload"
+    registration = C.register_uploads(checkpoint, uploads, steps)
+    return registration, lambda: export.uploads_zip(checkpoint, uploads, steps), "upload"
 
 
-def _summary(registration: S.Registration) -> None:
+def _summary(registration: Registration) -> None:
     cols = st.columns(5)
     metrics, summary = registration.metrics, registration.summary
     if len(metrics):
@@ -66,18 +69,19 @@ def _summary(registration: S.Registration) -> None:
 
 
 @st.fragment
-@S.guard
+@W.guard
 def _viewer(volumes: F.RegistrationVolumes) -> None:
     """Slice viewer; a fragment, so that moving a slider reruns only this part of the page."""
     grid_step = st.select_slider("Grid spacing of the deformed grid (voxels)", [4, 8, 16], value=8,
                                  key="register_grid")
-    tabs = st.tabs([VIEW_TITLES[v] for v in F.VIEWS], key="register_view", on_change="rerun")
+    tabs = st.tabs([F.VIEW_TITLES[v].capitalize() for v in F.VIEWS], key="register_view", on_change="rerun")
     for tab, view in zip(tabs, F.VIEWS):
         if not tab.open:
             continue
         with tab:
             n = F.n_slices(volumes.fixed.shape, view)
-            index = st.slider(f"{VIEW_TITLES[view]} slice", 0, n - 1, n // 2, key=f"register_slice_{view}")
+            index = st.slider(f"{F.VIEW_TITLES[view].capitalize()} slice", 0, n - 1, n // 2,
+                              key=f"register_slice_{view}")
             st.plotly_chart(F.registration_figure(volumes, view, index, grid_step), key=f"register_figure_{view}")
     with st.expander("What do the panels show?"):
         st.markdown(
@@ -98,10 +102,10 @@ def _download(make_zip: Callable[[], bytes], name: str) -> None:
         try:
             return make_zip()
         except Exception as exc:  # noqa: BLE001 - a download cannot show st.error: the archive says what failed
-            S.LOG.error("download failed", exc_info=exc)
+            W.LOG.error("download failed", exc_info=exc)
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w") as archive:
-                archive.writestr("error.txt", f"cvae register failed: {S.friendly_message(exc)}\n")
+                archive.writestr("error.txt", f"cvae register failed: {W.friendly_message(exc)}\n")
             return buffer.getvalue()
 
     st.download_button("Download the NIfTI outputs (.zip)", data=safe_zip, file_name=f"cvae-register-{name}.zip",
@@ -110,15 +114,15 @@ def _download(make_zip: Callable[[], bytes], name: str) -> None:
                "displacement, inverse displacement and velocity fields (ITK convention), Jacobian, metrics.json.")
 
 
-@S.guard
+@W.guard
 def main() -> None:
-    checkpoint = S.active_checkpoint()
+    checkpoint = C.active_checkpoint()
     cols = st.columns([3, 2])
     source = cols[0].radio("Pair", ["cohort subject (ED → ES)", "upload NIfTI files"], horizontal=True,
                            key="register_source", label_visibility="collapsed")
     steps = cols[1].select_slider("Refine the code (gradient steps)", [0, 10, 20, 40], value=0, key="register_refine",
                                   help="0: one forward pass (the method). With N > 0 the code is refined by N "
-                                       "gradient steps on this pair's objective before decoding (cvae.refine): "
+                                       "gradient steps on this pair's objective before decoding (cvae.latent.refine): "
                                        "closer images, about 0.5 s per step on a CPU.")
     picked = _cohort_pair(checkpoint, steps) if source.startswith("cohort") else _uploaded_pair(checkpoint, steps)
     if picked is None:

@@ -1,8 +1,11 @@
 """Shared fixtures: a tiny synthetic ACDC-like cohort and a small model configuration that fits it."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -14,6 +17,19 @@ TINY_MODEL = dict(image_size=TINY_SIZE, encoder_channels=(8, 8, 8, 4), decoder_c
                   kernel_smooth=9, sigma_smooth=1.5)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+#: The benchmark scripts (not a package: they import each other with ``benchmarks/`` on ``sys.path``).
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as a module, with ``benchmarks/`` on ``sys.path`` as when it runs."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

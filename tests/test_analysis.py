@@ -1,4 +1,4 @@
-"""cvae.analysis: leak-free CCA + SVM classification vs the paper's protocol, permutation test, projections."""
+"""cvae.latent.analysis: leak-free CCA + SVM classification vs the paper's protocol, permutation test, projections."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cvae.analysis as analysis
-from cvae.analysis import OneHotCCA, classify, make_classifier, project
+import cvae.latent.analysis as analysis
 from cvae.data.labels import GROUPS
 from cvae.latent import mu_columns
+from cvae.latent.analysis import OneHotCCA, classify, make_classifier, project
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,5 @@
 """The Streamlit app, page by page, with ``streamlit.testing.v1.AppTest`` (no browser), on a small synthetic cohort
-and a randomly initialised paper-sized checkpoint; plus the computations of ``cvae.app_state`` called directly."""
+and a randomly initialised paper-sized checkpoint; plus the computations of ``cvae.app`` called directly."""
 from __future__ import annotations
 
 import base64
@@ -16,15 +16,19 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from cvae import app_state as S
+from cvae.app import cached as C
+from cvae.app import checkpoints as K
+from cvae.app import cohort as H
+from cvae.app import compute, export
+from cvae.app import widgets as W
 from cvae.checkpoint import save_checkpoint
 from cvae.data.acdc import find_subjects
 from cvae.data.dataset import PairDataset
 from cvae.data.labels import STRUCTURES
-from cvae.evaluate import write_results
-from cvae.metrics import structure_scores
+from cvae.evaluation.evaluate import write_results
+from cvae.evaluation.metrics import structure_scores
+from cvae.latent.refine import refine_code
 from cvae.model import CVAERegistration
-from cvae.refine import refine_code
 
 from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING
 
@@ -245,7 +249,7 @@ def test_transport_compares_source_target_and_simulation(env):
 
 def test_transport_group_table_is_computed_on_request_then_cached(env):
     at = open_page("transport")
-    assert not S.transport_study_cached(env["CVAE_CHECKPOINT"], env["CVAE_DATA"])
+    assert not C.transport_study_cached(env["CVAE_CHECKPOINT"], env["CVAE_DATA"])
     assert len(charts(at)) == 1  # the images only, until the button
     at.button(key="transport_table_run").click().run()
     assert_clean(at)
@@ -254,7 +258,7 @@ def test_transport_group_table_is_computed_on_request_then_cached(env):
     assert matrix["data"][0]["x"] == groups and matrix["data"][0]["y"] == groups
     assert trace_z(matrix, "LVEF").shape == (5, 5)
     assert np.isfinite(trace_z(matrix, "LVEF")[~np.eye(5, dtype=bool)]).all()  # self pairs only on the diagonal
-    assert S.transport_study_cached(env["CVAE_CHECKPOINT"], env["CVAE_DATA"])
+    assert C.transport_study_cached(env["CVAE_CHECKPOINT"], env["CVAE_DATA"])
     again = open_page("transport")  # a new session reads the table from disk, no button
     assert_clean(again)
     assert len(charts(again)) == 2
@@ -343,9 +347,9 @@ def failing_page() -> None:
     """A page whose first part fails (AppTest runs this function's body as a script)."""
     import streamlit as st
 
-    from cvae import app_state
+    from cvae.app import widgets
 
-    @app_state.guard
+    @widgets.guard
     def broken() -> None:
         raise KeyError("x")
 
@@ -358,7 +362,7 @@ def test_first_start_writes_the_demo_cohort_with_a_progress_bar(env, tmp_path, m
 
     monkeypatch.delenv("CVAE_DATA")
     monkeypatch.setattr(cvae.paths, "PROJECT_ROOT", tmp_path)
-    monkeypatch.setitem(S.DEMO_COHORT, "n_test", 2)
+    monkeypatch.setitem(H.DEMO_COHORT, "n_test", 2)
     at = open_page()
     assert not at.exception and not at.error
     assert any("demo cohort" in s.value for s in at.success)
@@ -369,8 +373,8 @@ def test_first_start_writes_the_demo_cohort_with_a_progress_bar(env, tmp_path, m
 
 
 def test_guard_turns_exceptions_into_one_line_messages(caplog):
-    assert S.friendly_message(ValueError("bad input: do this\nsecond line")) == "bad input: do this"
-    message = S.friendly_message(RuntimeError("boom"))
+    assert W.friendly_message(ValueError("bad input: do this\nsecond line")) == "bad input: do this"
+    message = W.friendly_message(RuntimeError("boom"))
     assert message.startswith("Unexpected error (RuntimeError: boom)") and "server log" in message
 
     at = AppTest.from_function(failing_page).run()
@@ -381,9 +385,9 @@ def test_guard_turns_exceptions_into_one_line_messages(caplog):
 
 def test_selected_subject_reads_the_chart_selection():
     event = {"selection": {"points": [{"x": 1.0, "customdata": ["patient007", 55.0]}], "point_indices": [0]}}
-    assert S.selected_subject(event) == "patient007"
-    assert S.selected_subject({"selection": {"points": []}}) is None
-    assert S.selected_subject(None) is None
+    assert W.selected_subject(event) == "patient007"
+    assert W.selected_subject({"selection": {"points": []}}) is None
+    assert W.selected_subject(None) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -402,7 +406,7 @@ def tiny_setup(tiny_cohort, tmp_path_factory):
 
 def test_register_pair_measures_before_and_after(tiny_setup):
     model, _, pair = tiny_setup
-    registration = S.register_pair(model, pair)
+    registration = compute.register_pair(model, pair)
     v = registration.volumes
     assert v.warped.shape == TINY_SIZE and v.displacement.shape == (3, *TINY_SIZE)
     before = structure_scores(pair.moving_label, pair.fixed_label, pair.spacing)
@@ -417,8 +421,8 @@ def test_register_pair_measures_before_and_after(tiny_setup):
 
 def test_register_pair_with_a_refined_code(tiny_setup):
     model, _, pair = tiny_setup
-    plain = S.register_pair(model, pair)
-    refined = S.register_pair(model, pair, refine_steps=3)
+    plain = compute.register_pair(model, pair)
+    refined = compute.register_pair(model, pair, refine_steps=3)
     summary = refined.summary
     assert summary["refine steps"] == 3 and "refine steps" not in plain.summary
     expected = refine_code(model, torch.from_numpy(pair.fixed)[None, None], torch.from_numpy(pair.moving)[None, None],
@@ -427,14 +431,14 @@ def test_register_pair_with_a_refined_code(tiny_setup):
     assert summary["LCC before"] == pytest.approx(float(expected.lcc_before[0]))
     assert summary["LCC after"] == pytest.approx(float(expected.lcc_after[0]))
     np.testing.assert_allclose(refined.sigma, plain.sigma)  # the posterior width of the pair, from the encoder
-    decoded = S.decode_pair(model, refined.mu, pair.moving, pair.moving_label, pair.spacing)
+    decoded = compute.decode_pair(model, refined.mu, pair.moving, pair.moving_label, pair.spacing)
     np.testing.assert_allclose(decoded.displacement, refined.volumes.displacement, atol=1e-5)
 
 
 def test_decode_pair_at_the_posterior_mean_reproduces_the_registration(tiny_setup):
     model, _, pair = tiny_setup
-    registration = S.register_pair(model, pair)
-    decoded = S.decode_pair(model, registration.mu, pair.moving, pair.moving_label, pair.spacing)
+    registration = compute.register_pair(model, pair)
+    decoded = compute.decode_pair(model, registration.mu, pair.moving, pair.moving_label, pair.spacing)
     np.testing.assert_allclose(decoded.displacement, registration.volumes.displacement, atol=1e-5)
     np.testing.assert_array_equal(decoded.warped_label, registration.volumes.warped_label)
     lv = decoded.measures
@@ -445,7 +449,7 @@ def test_outputs_zip_holds_the_register_outputs_and_leaves_no_files(tiny_setup, 
     _, folder, _ = tiny_setup
     monkeypatch.setattr(__import__("tempfile"), "tempdir", str(tmp_path))
     subject = find_subjects(tiny_cohort, "testing")[0].subject
-    archive = zipfile.ZipFile(io.BytesIO(S.subject_outputs_zip(str(folder), str(tiny_cohort), subject)))
+    archive = zipfile.ZipFile(io.BytesIO(export.subject_outputs_zip(str(folder), str(tiny_cohort), subject)))
     names = set(archive.namelist())
     assert {"warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz", "jacobian.nii.gz", "metrics.json"} <= names
     metrics = json.loads(archive.read("metrics.json"))
@@ -460,8 +464,8 @@ def test_checkpoint_choices_put_the_default_first_and_skip_other_models(monkeypa
     (extra / "other-model" / "config.json").write_text('{"format": "cvae-reg voxelmorph checkpoint", "model": {}}')
     monkeypatch.setenv("CVAE_CHECKPOINTS", str(extra))
     monkeypatch.setenv("CVAE_CHECKPOINT", "synthetic-acdc")
-    choices = S.checkpoint_choices()
+    choices = K.checkpoint_choices()
     assert choices[0] == "synthetic-acdc" and "mine" in choices and len(choices) == len(set(choices))
     assert "other-model" not in choices  # another model's checkpoint cannot drive this app
     monkeypatch.delenv("CVAE_CHECKPOINT")
-    assert S.default_checkpoint() == "synthetic-acdc"
+    assert K.default_checkpoint() == "synthetic-acdc"

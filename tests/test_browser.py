@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from test_app import app_environment
 
 CHROMIUM = Path("/usr/bin/chromium")

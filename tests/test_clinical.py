@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cvae.clinical import (
+from cvae.evaluation.clinical import (
     MEASURE_UNITS,
     body_surface_area,
     clinical_measures,

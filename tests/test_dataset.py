@@ -9,14 +9,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from test_acdc import _break_truncate, write_patient
 from torch.utils.data import DataLoader
 
 import cvae.data.dataset as dataset_module
 from cvae.data.augment import AugmentParams, augment_batch
 from cvae.data.dataset import PairDataset, cache_key
-from cvae.paths import cache_root
 from cvae.data.labels import GROUPS
-from test_acdc import _break_truncate, write_patient
+from cvae.paths import cache_root
 
 SIZE = (24, 24, 8)
 SPACING = (2.0, 2.0, 6.0)

@@ -6,11 +6,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cvae.baselines import Method, get_method
-from cvae.baselines.demons import (DemonsMethod, DemonsParams, demons_register, field_to_voxels, to_sitk,
-                                   voxels_to_field)
+from cvae.evaluation.metrics import dice
 from cvae.fields import warp
-from cvae.metrics import dice
+from cvae.methods import Method, get_method
+from cvae.methods.demons import DemonsMethod, DemonsParams, demons_register, field_to_voxels, to_sitk, voxels_to_field
 
 SHAPE = (40, 36, 16)          # three different sizes: an axis swap cannot hide
 SPACING = (1.5, 1.7, 3.15)    # anisotropic, mm

@@ -11,14 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
-from cvae.baselines import MethodResult
 from cvae.checkpoint import save_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.data.labels import STRUCTURES
-from cvae.evaluate import (CASE_COLUMNS, MEAN_STRUCTURE, evaluate_pair, evaluation_grid, main, summarise,
-                           summary_markdown)
-from cvae.evaluate_figures import box_plot
-from cvae.metrics import dice, hd95
+from cvae.evaluation.evaluate import (
+    CASE_COLUMNS,
+    MEAN_STRUCTURE,
+    evaluate_pair,
+    evaluation_grid,
+    main,
+    summarise,
+    summary_markdown,
+)
+from cvae.evaluation.figures import box_plot
+from cvae.evaluation.metrics import dice, hd95
+from cvae.methods import MethodResult
 from cvae.model import CVAERegistration, ModelConfig
 
 from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING

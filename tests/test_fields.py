@@ -7,8 +7,16 @@ import torch
 from scipy.linalg import expm
 from scipy.ndimage import convolve1d
 
-from cvae.fields import (compose, exponentiate, gaussian_kernel1d, gaussian_smooth, identity_grid,
-                         jacobian_determinant, steps_for, warp)
+from cvae.fields import (
+    compose,
+    exponentiate,
+    gaussian_kernel1d,
+    gaussian_smooth,
+    identity_grid,
+    jacobian_determinant,
+    steps_for,
+    warp,
+)
 
 SHAPE = (24, 20, 16)
 

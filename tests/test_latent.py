@@ -8,17 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import cvae.latent as latent
-from cvae.checkpoint import save_checkpoint
-from cvae.clinical import MEASURE_UNITS
-from cvae.data.dataset import PairDataset
-from cvae.data.labels import GROUPS
-from cvae.fields import warp
-from cvae.model import CVAERegistration, ModelConfig
-from cvae.priors import CodePrior
 from test_acdc import write_patient
 from test_priors import cohort_codes
+
+import cvae.latent as latent
+import cvae.latent.cohort as cohort
+from cvae.checkpoint import save_checkpoint
+from cvae.data.dataset import PairDataset
+from cvae.data.labels import GROUPS
+from cvae.evaluation.clinical import MEASURE_UNITS
+from cvae.fields import warp
+from cvae.latent.priors import CodePrior
+from cvae.model import CVAERegistration, ModelConfig
+
+from conftest import load_benchmark
 
 SIZE = (24, 24, 8)
 SPACING = (2.0, 2.0, 6.0)
@@ -108,7 +111,8 @@ def test_encode_cohort_reads_its_cache(root: Path, checkpoint: Path, cache: Path
     counter = CountingEncode(monkeypatch)
     first = latent.encode_cohort(checkpoint, root, split="training", device="cpu")
     assert counter.calls == 1 and len(list((cache / "latent").glob("*.csv"))) == 1
-    monkeypatch.setattr(latent, "load_checkpoint", lambda *a, **k: pytest.fail("model loaded despite the cache"))
+    monkeypatch.setattr("cvae.latent.cohort.load_checkpoint",
+                        lambda *a, **k: pytest.fail("model loaded despite the cache"))
     again = latent.encode_cohort(checkpoint, root, split="training")
     assert counter.calls == 1
     pd.testing.assert_frame_equal(again, first, check_exact=False, rtol=1e-12)
@@ -257,15 +261,15 @@ def test_bad_input_is_a_value_error(pair, call, message) -> None:
 
 def test_cli_embed(root: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "codes.csv"
-    assert latent.main(["--data", str(root), "--checkpoint", str(checkpoint), "--out", str(out), "--split",
+    assert cohort.main(["--data", str(root), "--checkpoint", str(checkpoint), "--out", str(out), "--split",
                         "training", "--device", "cpu"]) == 0
     table = pd.read_csv(out)
     assert len(table) == 4 and latent.latent_dim_of(table) == D
     assert "wrote 4 subjects x 3-D codes" in capsys.readouterr().out
-    assert latent.main(["--data", str(tmp_path / "nowhere"), "--checkpoint", str(checkpoint), "--out",
+    assert cohort.main(["--data", str(tmp_path / "nowhere"), "--checkpoint", str(checkpoint), "--out",
                         str(out)]) == 2
-    assert latent.main(["--data", str(root), "--checkpoint", str(tmp_path / "missing"), "--out", str(out)]) == 2
-    assert latent.main(["--data", str(root), "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 2
+    assert cohort.main(["--data", str(root), "--checkpoint", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert cohort.main(["--data", str(root), "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cvae embed:")]
     assert len(errors) == 3 and all(line.startswith("cvae embed: error: ") for line in errors)
     assert "data folder not found" in errors[0] and "not found" in errors[1] and "is a directory" in errors[2]
@@ -273,12 +277,7 @@ def test_cli_embed(root: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.
 
 def test_latent_claims_benchmark_runs_end_to_end(tmp_path: Path, checkpoint: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "latent_claims", Path(__file__).resolve().parent.parent / "benchmarks" / "latent_claims.py")
-    claims = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(claims)
+    claims = load_benchmark("latent_claims")
     root = tmp_path / "cohort"
     for number in range(1, 11):  # two labelled phantoms per group
         write_patient(root / "testing", number, group=GROUPS[number % 5], seed=number)

@@ -1,27 +1,19 @@
 """benchmarks/lvef_ceiling.py: the simulated-ES LVEF of the exact synthetic transform against the truth."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from test_acdc import write_patient
 
 from cvae.checkpoint import save_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.model import CVAERegistration, ModelConfig
 
-from test_acdc import write_patient
+from conftest import load_benchmark
 
 SIZE, SPACING = (128, 128, 32), (1.5, 1.5, 3.15)  # the shipped model's grid
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "lvef_ceiling", Path(__file__).resolve().parent.parent / "benchmarks" / "lvef_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def small_model() -> CVAERegistration:
@@ -36,7 +28,7 @@ def checkpoint(tmp_path: Path) -> Path:
 
 
 def test_the_exact_transform_reproduces_the_true_lvef(tiny_cohort, tiny_cache, checkpoint, tmp_path, capsys):
-    ceiling = load_benchmark()
+    ceiling = load_benchmark("lvef_ceiling")
     model = small_model()
     dataset = PairDataset(tiny_cohort, "testing", SIZE, SPACING, cache_dir=tiny_cache)
     table = ceiling.lvef_table(model, dataset)
@@ -60,7 +52,8 @@ def test_the_exact_transform_reproduces_the_true_lvef(tiny_cohort, tiny_cache, c
 def test_a_cohort_without_the_exact_transform_is_refused(tmp_path, checkpoint, capsys):
     root = tmp_path / "acdc"
     write_patient(root / "testing", 101, group="NOR", seed=1)
-    assert load_benchmark().main(["--data", str(root), "--checkpoint", str(checkpoint), "--device", "cpu"]) == 2
+    ceiling = load_benchmark("lvef_ceiling")
+    assert ceiling.main(["--data", str(root), "--checkpoint", str(checkpoint), "--device", "cpu"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("lvef_ceiling: error: ") and "needs the synthetic cohort" in error
     assert "\n" not in error

@@ -1,4 +1,4 @@
-"""Tests of cvae.metrics against SimpleITK, brute-force point-set distances and fields with known answers."""
+"""Tests of cvae.evaluation.metrics against SimpleITK, brute-force point-set distances and fields with known answers."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from cvae.data.labels import STRUCTURES
-from cvae.metrics import (
+from cvae.evaluation.metrics import (
     EmptyStructureWarning,
     case_metrics,
     dice,

@@ -8,8 +8,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from cvae.nifti_io import (NIFTI_INTENT_VECTOR, load_vector_field, save_vector_field, save_volume,
-                           world_to_voxels)
+from cvae.io.nifti import NIFTI_INTENT_VECTOR, load_vector_field, save_vector_field, save_volume, world_to_voxels
 
 SHAPE = (30, 34, 12)
 

@@ -236,8 +236,8 @@ def test_displacement_to_crop_grid_keeps_the_world_displacement() -> None:
 
 
 def test_synthetic_ground_truth_on_the_crop_grid_maps_ed_labels_onto_es(tiny_cohort) -> None:
+    from cvae.evaluation.metrics import dice
     from cvae.fields import warp
-    from cvae.metrics import dice
 
     for subject in list(load_cohort(tiny_cohort, skip_bad=False))[:3]:
         pair = preprocess_subject(subject)

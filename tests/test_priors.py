@@ -1,11 +1,11 @@
-"""cvae.priors: N(0, I) and the Gaussian fit of a cohort's aggregate posterior; sampling from either."""
+"""cvae.latent.priors: N(0, I) and the Gaussian fit of a cohort's aggregate posterior; sampling from either."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from cvae.priors import CodePrior
+from cvae.latent.priors import CodePrior
 
 
 def cohort_codes(n: int = 40, d: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

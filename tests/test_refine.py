@@ -1,23 +1,20 @@
-"""cvae.refine: MAP refinement of a pair's code (and `cvae register --refine-steps`)."""
+"""cvae.latent.refine: MAP refinement of a pair's code (and `cvae register --refine-steps`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
 import torch
+from test_latent import SIZE, SPACING, cache, checkpoint, pair, root, tiny_model  # noqa: F401  (fixtures)
 
 from cvae.checkpoint import CHECKPOINT_DIRS, load_checkpoint
 from cvae.data.dataset import PairDataset
+from cvae.fields import warp
 from cvae.latent import as_image, encode_cohort, mu_columns
+from cvae.latent.refine import refine_code, refine_table, register_refined, score_codes
 from cvae.losses import symmetric_lcc
 from cvae.model import CVAERegistration
-from cvae.fields import warp
-from cvae.refine import refine_code, refine_table, register_refined, score_codes
-from cvae.register import main as register_main
-from test_latent import SIZE, SPACING, cache, checkpoint, pair, root, tiny_model  # noqa: F401  (fixtures)
-from test_register import checkpoint as register_checkpoint, nifti_pair  # noqa: F401  (fixtures)
 
 
 def images(model: CVAERegistration, pair) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,7 +22,7 @@ def images(model: CVAERegistration, pair) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def energy(model: CVAERegistration, fixed: torch.Tensor, moving: torch.Tensor, z: torch.Tensor) -> float:
-    """``E(z)`` of cvae.refine computed independently from the loss's parts."""
+    """``E(z)`` of cvae.latent.refine computed independently from the loss's parts."""
     cfg = model.config
     with torch.no_grad():
         lcc = symmetric_lcc(fixed, moving, model.velocity(z, moving), cfg.n_steps, cfg.sigma_lcc, cfg.kernel_lcc)
@@ -129,29 +126,13 @@ def test_bad_settings(pair, steps, lr, message):
         refine_code(model, *images(model, pair), steps=steps, lr=lr)
 
 
-def test_register_cli_records_the_refinement(nifti_pair, register_checkpoint, tmp_path, capsys):  # noqa: F811
-    args = ["--fixed", str(nifti_pair["fixed"]), "--moving", str(nifti_pair["moving"]), "--checkpoint",
-            str(register_checkpoint), "--device", "cpu"]
-    assert register_main([*args, "--out", str(tmp_path / "refined"), "--refine-steps", "3"]) == 0
-    metrics = json.loads((tmp_path / "refined" / "metrics.json").read_text())
-    assert metrics["refinement"]["steps"] == 3
-    assert 0 <= metrics["refinement"]["lcc_before"] <= 1 and 0 <= metrics["refinement"]["lcc_after"] <= 1
-    assert register_main([*args, "--out", str(tmp_path / "plain")]) == 0
-    assert "refinement" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())
-    capsys.readouterr()
-    assert register_main([*args, "--out", str(tmp_path / "bad"), "--refine-steps", "-2"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "steps must be >= 0" in err[0]
-    assert not (tmp_path / "bad").exists()
-
-
 @pytest.mark.skipif(not any((d / "synthetic-acdc" / "config.json").is_file() for d in CHECKPOINT_DIRS),
                     reason="the shipped checkpoint checkpoints/synthetic-acdc is not there yet")
 def test_refinement_improves_the_shipped_models_registration():
     """On a synthetic ED -> ES pair the refined code matches the images and the ES labels better."""
     from cvae.data.preprocess import preprocess_image_pair
     from cvae.data.synthetic import make_subject
-    from cvae.metrics import structure_scores
+    from cvae.evaluation.metrics import structure_scores
 
     model, config = load_checkpoint("synthetic-acdc", "cpu")
     subject = make_subject("testing", 3, seed=321)

@@ -13,10 +13,10 @@ from scipy.spatial.transform import Rotation
 
 from cvae.checkpoint import CHECKPOINT_DIRS, save_checkpoint
 from cvae.data.labels import STRUCTURES
-from cvae.metrics import structure_scores
+from cvae.evaluation.metrics import structure_scores
+from cvae.io.nifti import NIFTI_INTENT_VECTOR, load_vector_field
+from cvae.io.register import main, register_files, warp_to_grid
 from cvae.model import CVAERegistration, ModelConfig
-from cvae.nifti_io import NIFTI_INTENT_VECTOR, load_vector_field
-from cvae.register import main, register_files, warp_to_grid
 
 from conftest import TINY_MODEL, TINY_SPACING
 
@@ -257,3 +257,19 @@ def test_shipped_checkpoint_improves_dice_on_a_synthetic_subject(tmp_path):
     seg = metrics["segmentation"]
     assert seg["dice_mean"] > seg["dice_unregistered_mean"] + 0.03
     assert metrics["negative_jacobian_fraction"] < 0.01
+
+
+def test_register_cli_records_the_refinement(nifti_pair, checkpoint, tmp_path, capsys):
+    args = ["--fixed", str(nifti_pair["fixed"]), "--moving", str(nifti_pair["moving"]), "--checkpoint",
+            str(checkpoint), "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "refined"), "--refine-steps", "3"]) == 0
+    metrics = json.loads((tmp_path / "refined" / "metrics.json").read_text())
+    assert metrics["refinement"]["steps"] == 3
+    assert 0 <= metrics["refinement"]["lcc_before"] <= 1 and 0 <= metrics["refinement"]["lcc_after"] <= 1
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert "refinement" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--refine-steps", "-2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "steps must be >= 0" in err[0]
+    assert not (tmp_path / "bad").exists()

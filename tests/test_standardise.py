@@ -1,4 +1,4 @@
-"""cvae.standardise: the folded affine leaves every deformation unchanged, is KL-optimal; `cvae standardise`."""
+"""cvae.latent.standardise: the folded affine leaves every deformation unchanged, is KL-optimal; `cvae standardise`."""
 from __future__ import annotations
 
 import json
@@ -8,18 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_latent import SIZE, SPACING, D, cache, checkpoint, root, tiny_model  # noqa: F401  (fixtures)
+from test_model import blob_pair
+from test_priors import cohort_codes
 from torch.distributions import Independent, Normal, kl_divergence
 
 import cvae.cli
 import cvae.latent as latent
 from cvae.checkpoint import load_model, read_config, resolve_checkpoint
 from cvae.data.dataset import PairDataset
+from cvae.latent.standardise import SECTION, kl_optimal_affine, mean_kl, standardise_model
 from cvae.model import CVAERegistration
 from cvae.paths import data_root
-from cvae.standardise import SECTION, kl_optimal_affine, mean_kl, standardise_model
-from test_latent import D, SIZE, SPACING, cache, checkpoint, root, tiny_model  # noqa: F401  (fixtures)
-from test_model import blob_pair
-from test_priors import cohort_codes
 
 
 def random_model(film: bool) -> CVAERegistration:

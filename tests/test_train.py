@@ -1,6 +1,7 @@
 """Training: exact resume, checkpoints that load safely, DDP with torchrun, and the shipped checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,17 +13,18 @@ import pytest
 import torch
 
 from cvae.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from cvae.model import CVAERegistration
-from cvae.train import TrainConfig, held_out_split, train, validate
+from cvae.model import CVAERegistration, ModelConfig
+from cvae.training.config import TrainConfig
+from cvae.training.loop import held_out_split, validate
+from cvae.training.train import train
 
-from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING
+from conftest import TINY_MODEL, TINY_SPACING
 
 
-def tiny_config(cohort: Path, out: Path, cache: Path, **kw) -> TrainConfig:
-    overrides = {k: v for k, v in TINY_MODEL.items() if k != "image_size"}
-    return TrainConfig(data=str(cohort), out=str(out), image_size=TINY_SIZE, spacing=TINY_SPACING,
-                       model_overrides=overrides, val_subjects=2, val_every=4, save_every=2, threads=1,
-                       cache_dir=str(cache), **kw)
+def tiny_config(cohort: Path, out: Path, cache: Path, latent_dim: int = 16, **kw) -> TrainConfig:
+    return TrainConfig(data=str(cohort), out=str(out), spacing=TINY_SPACING,
+                       model=ModelConfig(**TINY_MODEL, lam=5000.0, latent_dim=latent_dim), val_subjects=2,
+                       val_every=4, save_every=2, threads=1, cache_dir=str(cache), **kw)
 
 
 def train_losses(out: Path) -> dict[int, float]:
@@ -63,11 +65,11 @@ def test_fine_tuning_starts_from_the_init_weights_and_adds_the_label_term(tiny_c
     cfg = tiny_config(tiny_cohort, tmp_path / "tuned", tiny_cache, steps=2, lr=0.0, kl_delay=0, kl_warmup=0,
                       code_warmup=0, seg_weight=1000.0)
     torch.manual_seed(3)
-    start = CVAERegistration(cfg.model_config())
+    start = CVAERegistration(cfg.model)
     with torch.no_grad():
         start.decoder.velocity.weight.normal_(std=0.5)  # a deformation far from the identity
     init = save_checkpoint(tmp_path / "init", start, spacing=TINY_SPACING)
-    out = train(TrainConfig(**{**cfg.__dict__, "init": str(init)}), progress=False)
+    out = train(dataclasses.replace(cfg, init=str(init)), progress=False)
     tuned = load_checkpoint(out / "last", "cpu")[0].state_dict()  # lr = 0: the init weights, unchanged
     assert all(torch.equal(tuned[k], v) for k, v in start.state_dict().items())
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -77,15 +79,16 @@ def test_fine_tuning_starts_from_the_init_weights_and_adds_the_label_term(tiny_c
         assert 0.0 < d["dice"] < 1.0 and d["seg_weight"] == 1000.0
         assert d["loss"] == pytest.approx(d["similarity"] + d["kl"] + 1000.0 * (1.0 - d["dice"]), rel=1e-5)
     with pytest.raises(ValueError, match=r"latent_dim=16 \(this run: 4\)"):
-        train(TrainConfig(**{**cfg.__dict__, "init": str(init), "latent_dim": 4, "out": str(tmp_path / "x")}),
-              progress=False)
+        train(dataclasses.replace(cfg, init=str(init), model=dataclasses.replace(cfg.model, latent_dim=4),
+                                  out=str(tmp_path / "x")), progress=False)
 
 
 def test_validation_measures_what_the_code_adds(tiny_cohort, tiny_cache):
     cfg = tiny_config(tiny_cohort, Path("unused"), tiny_cache)
-    dataset, _, val_idx = held_out_split(cfg)
+    dataset, _, val_idx = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir,
+                                         cfg.val_subjects)
     torch.manual_seed(0)
-    model = CVAERegistration(cfg.model_config())
+    model = CVAERegistration(cfg.model)
     with torch.no_grad():  # a decoder that moves the heart by several voxels, differently for different codes
         model.decoder.fc.weight.normal_(std=50.0)
         model.decoder.velocity.weight.normal_(std=0.5)
@@ -130,11 +133,12 @@ def test_checkpoint_errors_are_one_line(tmp_path):
 
 
 def test_torchrun_two_processes_keep_identical_weights(tiny_cohort, tiny_cache, tmp_path):
-    overrides = json.dumps({k: v for k, v in TINY_MODEL.items() if k != "image_size"})
+    model_flags = [str(a) for k, v in TINY_MODEL.items()
+                   for a in ("--" + k.replace("_", "-"), *(v if isinstance(v, tuple) else (v,)))]  # no booleans
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cvae.train",
-           "--data", str(tiny_cohort), "--out", str(out), "--steps", "3", "--image-size", *map(str, TINY_SIZE),
-           "--spacing", *map(str, TINY_SPACING), "--model-overrides", overrides, "--val-subjects", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "cvae.training.train", "--data", str(tiny_cohort), "--out", str(out), "--steps", "3", *model_flags,
+           "--lam", "5000", "--spacing", *map(str, TINY_SPACING), "--val-subjects", "2",
            "--threads", "1", "--cache-dir", str(tiny_cache), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -158,8 +162,8 @@ CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 def test_shipped_checkpoint_registers_a_test_pair_better_than_identity(name, tiny_cohort, tiny_cache):
     from cvae.data.dataset import PairDataset
     from cvae.data.labels import STRUCTURES
+    from cvae.evaluation.metrics import dice
     from cvae.fields import warp
-    from cvae.metrics import dice
 
     if not (CHECKPOINTS / name / "model.safetensors").is_file():
         pytest.skip(f"shipped checkpoint {name} not present")

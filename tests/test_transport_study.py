@@ -1,4 +1,4 @@
-"""cvae.transport_study: group choice, the (source group -> target group) table against a hand count, disk cache."""
+"""cvae.latent.transport_study: group choice, the (source group -> target group) table against a hand count, disk cache."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +6,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_acdc import write_patient
+from test_latent import cache, checkpoint  # noqa: F401  (fixtures)
 
 import cvae.latent as latent
 from cvae.data.labels import GROUPS
 from cvae.figures import transport_matrix_figure
-from cvae.transport_study import (cached_path, claim_lvefs, cohort_transport, fraction, group_matrix, markdown_matrix,
-                                  pick, target_lvef)
-from test_acdc import write_patient
-from test_latent import cache, checkpoint  # noqa: F401  (fixtures)
+from cvae.latent.transport_study import (
+    cached_path,
+    claim_lvefs,
+    cohort_transport,
+    fraction,
+    group_matrix,
+    markdown_matrix,
+    pick,
+    target_lvef,
+)
 
 
 @pytest.fixture
@@ -76,7 +84,7 @@ def test_cohort_transport_is_computed_once_then_read_from_disk(cohort: Path, che
     def fail(*args, **kwargs):
         raise AssertionError("recomputed instead of reading the cache")
 
-    monkeypatch.setattr("cvae.transport_study.transport_pairs", fail)
+    monkeypatch.setattr("cvae.latent.transport_study.transport_pairs", fail)
     again = cohort_transport(checkpoint, cohort, "testing", sources_per_group=2, targets_per_group=1, device="cpu")
     pd.testing.assert_frame_equal(again, first, check_dtype=False)
     with pytest.raises(AssertionError, match="recomputed"):

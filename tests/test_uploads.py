@@ -1,4 +1,4 @@
-"""cvae.uploads: what the app accepts from its file uploaders, what it refuses (one line each), and that the
+"""cvae.io.uploads: what the app accepts from its file uploaders, what it refuses (one line each), and that the
 temporary folder disappears."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cvae.uploads import MAX_UPLOAD_MB, Upload, UploadError, check_upload, stage_uploads, staged_uploads
+from cvae.io.uploads import MAX_UPLOAD_MB, Upload, UploadError, check_upload, stage_uploads, staged_uploads
 
 AFFINE = np.diag([1.6, 1.6, 8.0, 1.0])
 

@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from cvae.baselines import Method, MethodResult, MethodUnavailable
-from cvae.baselines.train_voxelmorph import VxmTrainConfig, export_voxelmorph, main, train_voxelmorph
-from cvae.baselines.voxelmorph import (VoxelMorph, VoxelMorphConfig, VoxelMorphMethod, load_voxelmorph_checkpoint,
-                                       save_voxelmorph)
 from cvae.checkpoint import CheckpointError
 from cvae.fields import compose, warp
+from cvae.methods import Method, MethodResult, MethodUnavailable
+from cvae.methods.train_voxelmorph import VxmTrainConfig, main, train_voxelmorph
+from cvae.methods.voxelmorph import (
+    VoxelMorph,
+    VoxelMorphConfig,
+    VoxelMorphMethod,
+    load_voxelmorph_checkpoint,
+    save_voxelmorph,
+)
 
 from conftest import TINY_SIZE, TINY_SPACING
 
@@ -175,9 +180,9 @@ def test_method_interface(tmp_path):
 
 
 def tiny_run(cohort: Path, out: Path, cache: Path, **kw) -> VxmTrainConfig:
-    return VxmTrainConfig(data=str(cohort), out=str(out), image_size=TINY_SIZE, spacing=TINY_SPACING,
-                          nb_features=(8, 8, 8), val_subjects=2, val_every=3, save_every=2, threads=1, lr=1e-3,
-                          cache_dir=str(cache), **kw)
+    return VxmTrainConfig(data=str(cohort), out=str(out), spacing=TINY_SPACING,
+                          model=VoxelMorphConfig(image_size=TINY_SIZE, nb_features=(8, 8, 8)), val_subjects=2,
+                          val_every=3, save_every=2, threads=1, lr=1e-3, cache_dir=str(cache), **kw)
 
 
 def train_log(out: Path) -> list[dict]:

@@ -7,8 +7,8 @@ import torch
 from sklearn.decomposition import PCA
 
 from cvae.model import CVAERegistration
-from cvae.train import Objective
-from cvae.warmup import SummaryPCA, motion_summary, warmup_weight
+from cvae.training.objective import Objective
+from cvae.training.warmup import SummaryPCA, motion_summary, warmup_weight
 
 from conftest import TINY_MODEL
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cvae.data.preprocess import DEFAULT_SPACING
+from cvae.data.grid import DEFAULT_SPACING
 
 IMAGE_KEYS: tuple[str, ...] = ("fixed", "moving")
 LABEL_KEYS: tuple[str, ...] = ("fixed_label", "moving_label")

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -15,15 +13,11 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cvae.data.acdc import ACDCError, SubjectInfo, find_subjects, load_subject
+from cvae.data.grid import DEFAULT_SIZE, DEFAULT_SPACING
 from cvae.data.labels import GROUPS
+from cvae.data.preprocess import PREPROCESS_VERSION, PreprocessedPair, preprocess_subject
+from cvae.io.atomic import atomic_write
 from cvae.paths import cache_root
-from cvae.data.preprocess import (
-    DEFAULT_SIZE,
-    DEFAULT_SPACING,
-    PREPROCESS_VERSION,
-    PreprocessedPair,
-    preprocess_subject,
-)
 
 #: Called by ``PairDataset.prepare`` after each subject as ``progress(done, total, subject_id)``.
 ProgressCallback = Callable[[int, int, str], None]
@@ -60,15 +54,12 @@ def save_pair(path: Path, pair: PreprocessedPair, stamp: np.ndarray) -> None:
         arrays["fixed_label"] = pair.fixed_label
     if pair.moving_label is not None:
         arrays["moving_label"] = pair.moving_label
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: numpy would append ".npz" to the temporary name
             np.savez_compressed(handle, **arrays)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def load_pair(path: Path, stamp: np.ndarray | None = None) -> PreprocessedPair | None:

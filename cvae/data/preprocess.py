@@ -15,10 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 from cvae.data.acdc import Subject
+from cvae.data.grid import DEFAULT_SIZE, DEFAULT_SPACING
 
-#: Output grid of the paper: voxels and mm.
-DEFAULT_SIZE: tuple[int, int, int] = (128, 128, 32)
-DEFAULT_SPACING: tuple[float, float, float] = (1.5, 1.5, 3.15)
 #: Robust intensity range (percentiles over both frames of a subject) mapped to [0, 1].
 INTENSITY_PERCENTILES: tuple[float, float] = (1.0, 99.5)
 #: Locating the heart from the images alone (no labels): in-plane smoothing (mm) of |ED - ES|, the fraction of its

@@ -398,12 +398,12 @@ def make_cohort(
 def main(argv: list[str] | None = None) -> int:
     """``cvae synth``: write a synthetic ACDC-like cohort. Exit 0 on success, 2 with a one-line message on bad input."""
     parser = argparse.ArgumentParser(prog="cvae synth", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output directory (ACDC layout: training/, testing/)")
+    parser.add_argument("--out", required=True, help="output directory (ACDC layout: training/, testing/; created)")
     parser.add_argument("--n-train", type=int, default=234, help="training subjects (default 234, as the paper)")
     parser.add_argument("--n-test", type=int, default=100, help="testing subjects (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--cine", action="store_true", help="also write the cine patientNNN_4d.nii.gz (slower)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default all CPUs)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:

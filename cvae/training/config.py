@@ -1,0 +1,56 @@
+"""What a training run depends on, and its command-line form.
+
+:class:`RunConfig` holds what every run of the project shares (data, schedule, checkpoints, machine);
+:class:`TrainConfig` adds the CVAE's objective schedule and holds its :class:`~cvae.model.ModelConfig` (the VoxelMorph
+baseline's ``VxmTrainConfig`` holds a ``VoxelMorphConfig`` the same way). A config is saved in its checkpoints'
+``config.json`` under ``training``.
+
+Every field carries its help line (:func:`cvae.cli.option`), from which ``cvae train --help`` is built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cvae.cli import option
+from cvae.data.grid import DEFAULT_SPACING
+from cvae.model import ModelConfig
+
+__all__ = ["RunConfig", "TrainConfig"]
+
+
+@dataclass
+class RunConfig:
+    """The settings every training run shares: data, schedule, checkpoints and machine (see the field help)."""
+
+    data: str = option("data/synthetic-acdc", "ACDC-layout cohort root (real ACDC or `cvae synth` output)")
+    out: str = option("runs/cvae", "run folder: last/ and best/ checkpoints, log.jsonl")
+    steps: int = option(20000, "optimiser steps (batches) in all, counting those of a resumed run")
+    batch_size: int = option(1, "pairs per step and process")
+    lr: float = option(5e-4, "Adam learning rate (also applied on --resume)")
+    spacing: tuple[float, float, float] = option(DEFAULT_SPACING, "voxel size of the preprocessed grid, mm (X Y Z)")
+    augment: bool = option(True, "random shift, rotation, scaling and mirroring of every pair")
+    val_subjects: int = option(10, "the last N training subjects are held out for validation")
+    val_every: int = option(500, "steps between validations (best/ keeps the best one)")
+    save_every: int = option(100, "steps between saves of last/ (a SIGKILL loses at most this many)")
+    time_limit_min: float = option(0.0, "stop and save after this many minutes of steps; 0 = no limit")
+    seed: int = option(0, "seed of the initialisation, sample order, augmentation and noise")
+    device: str = option("auto", "auto (CUDA when present), cpu or cuda[:N]")
+    threads: int = option(0, "torch intra-op threads per process; 0 = torch's default")
+    cache_dir: str | None = option(None, "preprocessed-volume cache; None = $CVAE_CACHE or ~/.cache/cvae-reg")
+    resume: bool = option(False, "continue from <out>/last; --lr and --weight-decay apply from there on")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """A CVAE training run: the shared settings, the schedule of the objective's terms and the model."""
+
+    weight_decay: float = option(1e-4, "Adam's L2 weight decay")
+    kl_delay: int = option(1200, "steps without the KL term at the start (a deterministic autoencoder)")
+    kl_warmup: int = option(800, "then steps over which the KL weight rises linearly from 0 to 1")
+    code_warmup: int = option(1000, "steps of the code warm-up (cvae.training.warmup); 0 = off")
+    code_warmup_weight: float = option(300.0, "weight of the code warm-up for its first half, then a fade to 0")
+    seg_weight: float = option(0.0, "weight of 1 - soft Dice of the warped labels; needs labelled pairs "
+                                    "(not the paper's unsupervised method); 0 = off")
+    init: str | None = option(None, "start from this checkpoint's weights (name or folder): fine-tuning; the model "
+                                    "options must match it")
+    model: ModelConfig = option(ModelConfig(), "the network and its objective (cvae.model.ModelConfig)")

@@ -1,0 +1,238 @@
+"""The training loop shared by the CVAE and the VoxelMorph baseline, and what a run needs around it.
+
+:func:`fit` runs optimiser steps on a held-out split of a cohort (:func:`held_out_split`). Every ``save_every`` steps
+the folder ``<out>/last`` is replaced atomically (weights, optimiser, step); every ``val_every`` steps the model is
+validated on the held-out subjects (:func:`validate`: mean Dice of the warped ED labels against the ES labels over the
+five structures, fraction of negative Jacobians) and ``<out>/best`` keeps the best one. The log gets one JSON line
+per step (loss terms, seconds per step) and per validation. All randomness of step ``s`` (sample order, augmentation,
+the reparameterisation noise) is derived from ``(seed, s, rank)``, so a resumed run continues exactly where its last
+checkpoint stopped. Ctrl-C or SIGTERM saves before exiting.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from cvae.checkpoint import load_training_state, load_weights
+from cvae.data.augment import AugmentParams, augment_batch
+from cvae.data.dataset import PairDataset
+from cvae.evaluation.metrics import mean_dice, negative_jacobian_fraction
+from cvae.fields import image_tensor, warp_labels
+from cvae.io.atomic import write_text
+from cvae.model import CVAERegistration
+
+__all__ = ["LoopSettings", "RunState", "StopFlag", "collate", "rewind_log", "validate", "fit", "held_out_split",
+           "resume_state"]
+
+
+class LoopSettings(Protocol):
+    """What :func:`fit` reads of a run's config (:class:`cvae.training.config.RunConfig` has all of it)."""
+
+    steps: int
+    batch_size: int
+    seed: int
+    augment: bool
+    spacing: tuple[float, float, float]
+    val_every: int
+    save_every: int
+    time_limit_min: float
+
+
+class StopFlag:
+    """Turns SIGTERM and a first Ctrl-C into a request to save and stop after the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> "StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def collate(items: list[dict]) -> dict[str, Any]:
+    keys = [k for k in items[0] if isinstance(items[0][k], torch.Tensor) and all(k in it for it in items)]
+    return {k: torch.stack([it[k] for it in items]) for k in keys}
+
+
+def rewind_log(path: Path, step: int) -> None:
+    """Drop log lines written after ``step`` (by a run killed after its last checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    write_text(path, "".join(line + "\n" for line in kept))
+
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, dataset: PairDataset, indices: list[int], device: torch.device
+             ) -> dict[str, float]:
+    """Mean Dice (five structures, warped ED labels vs ES labels) and negative-Jacobian fraction on ``indices``.
+
+    For the CVAE also ``val_dice_other_code``: the Dice when each pair is decoded with the code ``mu`` of the next
+    validation pair instead of its own. Equal to ``val_dice``, the code carries nothing about the pair (posterior
+    collapse: the decoder predicts the motion from M alone); the gap is what the code adds.
+    """
+    model.eval()
+    has_code = isinstance(model, CVAERegistration)
+    dices, folding, others, codes = [], [], [], []
+    items = [dataset[i] for i in indices]
+    for item in items:
+        fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
+        result = model.register(fixed, moving, inverse=False)
+        folding.append(negative_jacobian_fraction(result.jacobian))
+        if has_code:
+            codes.append(result.mu)
+        dices.append(_label_dice(item, result.displacement))
+    if has_code and len(items) > 1:
+        for k, item in enumerate(items):
+            other = model.decode(codes[(k + 1) % len(items)], item["moving"][None].to(device))
+            others.append(_label_dice(item, other.displacement))
+    model.train()
+    dices, others = [d for d in dices if d is not None], [d for d in others if d is not None]
+    scores = {"val_dice": float(np.mean(dices)) if dices else float("nan"),
+              "val_negative_jacobian": float(np.mean(folding))}
+    if others:
+        scores["val_dice_other_code"] = float(np.mean(others))
+    return scores
+
+
+def _label_dice(item: dict, displacement: torch.Tensor) -> float | None:
+    """Mean Dice of the five structures: ``item``'s ED labels warped by ``displacement`` against its ES labels."""
+    if "moving_label" not in item:
+        return None
+    warped = warp_labels(image_tensor(item["moving_label"]), displacement)
+    return mean_dice(warped[0, 0].cpu().numpy(), item["fixed_label"][0].numpy())
+
+
+
+@dataclass
+class RunState:
+    """Where a run stands: optimiser steps done, best validation Dice, seconds spent in steps."""
+
+    step: int = 0
+    best: float = -math.inf
+    wall: float = 0.0
+
+
+def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: PairDataset,
+        train_idx: list[int], val_idx: list[int], cfg: LoopSettings, state: RunState,
+        save: Callable[[RunState, str, dict | None], None], log: TextIO | None, device: torch.device, *, rank: int = 0,
+        world: int = 1, progress: bool = False,
+        schedule: Callable[[int], dict[str, float]] | None = None, labels: bool = False) -> RunState:
+    """The training loop shared by the CVAE and the VoxelMorph baseline.
+
+    ``net`` (``model``, an objective around it, or their DDP wrapper) maps ``(fixed, moving)`` to a dict of loss
+    terms with ``"loss"``; ``model.register(fixed, moving, inverse=False)`` serves validation. ``cfg`` gives the
+    schedule (:class:`LoopSettings`). Rank 0 writes one JSON line per step and per validation to ``log``, keeps
+    ``best`` and ``last`` through ``save(state, folder, metrics)``, and validates once more when the run stops
+    between validations. ``schedule(step)`` gives extra keyword arguments of ``net`` for that step (the CVAE's KL
+    and code warm-up weights); they are logged with the loss terms. With ``labels`` the batch's ``moving_label`` and
+    ``fixed_label`` are passed to ``net`` too (the training split must then be labelled).
+    """
+    sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    per_epoch = len(sampler) // cfg.batch_size
+    augment = AugmentParams() if cfg.augment else None
+    validated = state.step
+
+    def validate_and_keep_best() -> None:
+        scores = validate(model, dataset, val_idx, device)
+        log.write(json.dumps({"kind": "val", "step": state.step, **scores}) + "\n")
+        if scores["val_dice"] > state.best:
+            state.best = scores["val_dice"]
+            save(state, "best", scores)
+
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress or rank != 0, unit="step",
+               dynamic_ncols=True)
+    with StopFlag() as stop:
+        net.train()
+        while state.step < cfg.steps and not stop.requested:
+            tic = time.perf_counter()
+            step = state.step
+            epoch, position = divmod(step, per_epoch)
+            sampler.set_epoch(epoch)
+            order = list(sampler)[position * cfg.batch_size:(position + 1) * cfg.batch_size]
+            batch = collate([dataset[train_idx[i]] for i in order])
+            torch.manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
+            if augment is not None:
+                gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step) * world + rank)
+                batch = augment_batch(batch, augment, gen, cfg.spacing)
+            extra = schedule(step) if schedule is not None else {}
+            inputs = {k: batch[k].to(device) for k in ("moving_label", "fixed_label")} if labels else {}
+            terms = net(batch["fixed"].to(device), batch["moving"].to(device), **inputs, **extra)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            state.step += 1
+            elapsed = time.perf_counter() - tic
+            state.wall += elapsed
+            values = {k: round(float(v.detach()), 6) for k, v in terms.items()} | extra
+            if rank == 0:
+                log.write(json.dumps({"kind": "train", "step": state.step, **values, "sec": round(elapsed, 4)})
+                          + "\n")
+                bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, s_per_step=f"{elapsed:.2f}")
+                bar.update(1)
+                if cfg.time_limit_min and state.wall > 60 * cfg.time_limit_min:
+                    stop.requested = True
+            if world > 1:
+                flag = torch.tensor([float(stop.requested)], device=device)
+                dist.all_reduce(flag)
+                stop.requested = bool(flag.item())
+            done = state.step == cfg.steps or stop.requested
+            if rank == 0 and val_idx and (state.step % cfg.val_every == 0 or done):
+                validate_and_keep_best()
+                validated = state.step
+            if rank == 0 and (state.step % cfg.save_every == 0 or done):
+                save(state, "last")
+    bar.close()
+    if rank == 0 and val_idx and state.step > validated:
+        validate_and_keep_best()
+        save(state, "last")
+    return state
+
+
+
+def held_out_split(data: str | os.PathLike, size: tuple[int, int, int], spacing: tuple[float, float, float],
+                   cache_dir: str | os.PathLike | None, val_subjects: int) -> tuple[PairDataset, list[int], list[int]]:
+    """The training split of the cohort ``data`` preprocessed to ``size`` voxels of ``spacing`` mm, with its last
+    ``val_subjects`` subjects held out for validation: ``(dataset, train indices, validation indices)``."""
+    dataset = PairDataset(data, "training", size, spacing, cache_dir)
+    n_val = min(val_subjects, len(dataset) - 1)
+    return dataset, list(range(len(dataset) - n_val)), list(range(len(dataset) - n_val, len(dataset)))
+
+
+def resume_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 **group_overrides: float) -> RunState:
+    """Load weights and optimiser of a training checkpoint ``folder`` into ``model`` / ``optimizer`` and return where
+    the run stood; ``group_overrides`` (e.g. ``lr=1e-3``) replace the saved optimiser settings."""
+    load_weights(model, folder)
+    opt_state, trainer = load_training_state(folder)
+    optimizer.load_state_dict(opt_state)
+    for group in optimizer.param_groups:
+        group.update(group_overrides)
+    return RunState(trainer["step"], trainer["best_dice"], trainer["wall_time_s"])
+

@@ -1,0 +1,147 @@
+"""``cvae train``: train the CVAE, single process or ``torchrun`` + DistributedDataParallel.
+
+    cvae train --data data/synthetic-acdc --out runs/cvae --steps 20000
+    torchrun --nproc_per_node=2 -m cvae.training.train --data ... --out ...   # DDP (gloo on CPU, nccl on CUDA)
+
+The run's settings are a :class:`~cvae.training.config.TrainConfig` (``cvae train --help`` lists every option with
+its unit and default); the loop, its checkpoints (``<out>/last``, ``<out>/best``), its log (``<out>/log.jsonl``) and
+``--resume`` are those of :mod:`cvae.training.loop`; what a step minimises is
+:class:`~cvae.training.objective.Objective`.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from cvae.checkpoint import load_weights, read_config, save_checkpoint
+from cvae.cli import add_config_arguments, config_from_arguments
+from cvae.device import resolve_device
+from cvae.model import CVAERegistration
+from cvae.training.config import TrainConfig
+from cvae.training.loop import RunState, fit, held_out_split, resume_state, rewind_log
+from cvae.training.objective import Objective, loss_schedule
+from cvae.training.warmup import SummaryPCA
+
+__all__ = ["train", "init_weights", "main"]
+
+
+def _param_checksum(model: torch.nn.Module) -> float:
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+def init_weights(model: CVAERegistration, checkpoint: str | os.PathLike, spacing: Sequence[float]) -> None:
+    """Load the weights of ``checkpoint`` into ``model`` (fine-tuning), after checking that it was trained with the
+    same model settings and voxel spacing (mm) as this run; ``ValueError`` naming the differences otherwise."""
+    config = read_config(checkpoint)
+    ours = {**model.config.to_dict(), "spacing": [float(x) for x in spacing]}
+    theirs = {**config["model"], "spacing": [float(x) for x in config.get("spacing", ours["spacing"])]}
+    differ = [f"{k}={theirs.get(k)!r} (this run: {v!r})" for k, v in ours.items() if theirs.get(k) != v]
+    if differ:
+        raise ValueError(f"--init {checkpoint} was trained with {', '.join(differ)}; pass the same options")
+    load_weights(model, checkpoint)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Run (or resume) training; returns the run folder. Works under ``torchrun`` (DDP) and alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    log_path = out / "log.jsonl"
+
+    dataset, train_idx, val_idx = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir,
+                                                 cfg.val_subjects)
+    if len(train_idx) < world * cfg.batch_size:
+        raise ValueError(f"{len(train_idx)} training subjects are too few for {world} x batch {cfg.batch_size}")
+
+    torch.manual_seed(cfg.seed)
+    model = CVAERegistration(cfg.model).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = RunState()
+    if cfg.resume and (out / "last").is_dir():  # the command line may continue with a new learning rate
+        state = resume_state(out / "last", model, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.init:
+        init_weights(model, cfg.init, cfg.spacing)
+    if cfg.seg_weight > 0:
+        unlabelled = [dataset.infos[i].subject for i in train_idx
+                      if dataset.infos[i].ed_label is None or dataset.infos[i].es_label is None]
+        if unlabelled:
+            raise ValueError(f"--seg-weight needs labelled training pairs; {len(unlabelled)} have no labels "
+                             f"(e.g. {unlabelled[0]})")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        rewind_log(log_path, state.step)
+    target = None
+    if cfg.code_warmup > 0 and state.step < cfg.code_warmup:
+        target = SummaryPCA.from_pairs(((dataset[i]["fixed"], dataset[i]["moving"]) for i in train_idx),
+                                       cfg.model.latent_dim).to(device)
+    objective = Objective(model, target)
+    net = DistributedDataParallel(objective) if world > 1 else objective
+    training_info = {**asdict(cfg), "world_size": world, "hardware": f"{platform.processor() or platform.machine()}"
+                     f", {os.cpu_count()} cores, {device.type}", "torch": torch.__version__}
+
+    def save(state: RunState, folder: str, metrics: dict | None = None) -> None:
+        info = {**training_info, "steps_done": state.step, "wall_time_s": round(state.wall, 1)}
+        save_checkpoint(out / folder, model, spacing=cfg.spacing, training=info, metrics=metrics,
+                        optimizer=optimizer if folder == "last" else None,
+                        trainer={"step": state.step, "best_dice": state.best, "wall_time_s": state.wall})
+
+    with open(log_path, "a", buffering=1) if rank == 0 else nullcontext() as log:
+        state = fit(net, model, optimizer, dataset, train_idx, val_idx, cfg, state, save, log,
+                    device, rank=rank, world=world, progress=progress, schedule=partial(loss_schedule, cfg),
+                    labels=cfg.seg_weight > 0)
+        if world > 1:
+            checksums = [None] * world
+            dist.all_gather_object(checksums, _param_checksum(model))
+            if rank == 0:
+                log.write(json.dumps({"kind": "ddp_check", "step": state.step, "checksums": checksums}) + "\n")
+            # The DDP wrapper sits in a reference cycle that holds the Gloo process group. Left to the interpreter's
+            # exit, the group's threads are torn down during finalisation and the process may abort ("terminate
+            # called without an active exception", SIGABRT); collect it first.
+            del net
+            gc.collect()
+            dist.destroy_process_group()
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvae train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(parser, TrainConfig)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = config_from_arguments(TrainConfig, vars(args))
+    try:
+        out = train(cfg)
+    except ValueError as exc:
+        print(f"cvae train: {exc}", file=sys.stderr)
+        return 2
+    print(f"checkpoints in {out}/last and {out}/best; log in {out}/log.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
