@@ -39,8 +39,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cvae import app_state as S  # noqa: E402
 from cvae import figures as F  # noqa: E402
+from cvae.app import cached as C  # noqa: E402
+from cvae.app import checkpoints as K  # noqa: E402
+from cvae.app import cohort as H  # noqa: E402
+from cvae.app import compute  # noqa: E402
 from cvae.checkpoint import CheckpointError, resolve_checkpoint, save_checkpoint  # noqa: E402
 from cvae.data.acdc import find_subjects  # noqa: E402
 from cvae.data.dataset import PairDataset  # noqa: E402
@@ -59,13 +62,13 @@ def prepare(checkpoint: str | None, data: str | None, scratch: Path) -> tuple[st
     """The checkpoint folder and cohort to use, and notes on any stand-in."""
     notes = []
     try:
-        folder = str(resolve_checkpoint(checkpoint or S.default_checkpoint()))
+        folder = str(resolve_checkpoint(checkpoint or K.default_checkpoint()))
     except CheckpointError as exc:
         torch.manual_seed(0)
         folder = str(save_checkpoint(scratch / "random", CVAERegistration()))
         notes.append(f"no checkpoint ({exc}); a randomly initialised 128 x 128 x 32 model stands in")
     root = Path(data) if data else data_root()
-    if S.cohort_missing(root):
+    if H.cohort_missing(root):
         root = make_cohort(scratch / "cohort", n_train=0, n_test=5, seed=0, workers=1)
         notes.append("no cohort; a 5-subject synthetic cohort stands in")
     return folder, root, notes
@@ -96,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         checkpoint, root, notes = prepare(args.checkpoint, args.data, scratch)
         os.environ.setdefault("CVAE_CACHE", str(scratch / "cache"))
-        model, config = S.get_model(checkpoint)
-        size, spacing = S.grid_of(model, config)
+        model, config = C.get_model(checkpoint)
+        size, spacing = K.grid_of(model, config)
         info = sorted((i for i in find_subjects(root, None, skip_bad=True)), key=lambda i: i.split != "testing")[0]
         subject = info.subject
-        pair = S.subject_pair(str(root), subject, size, spacing)  # preprocess once: the app caches it on disk
+        pair = C.subject_pair(str(root), subject, size, spacing)  # preprocess once: the app caches it on disk
         rows: list[tuple[str, str, float, float]] = []
 
-        registration = S.register_pair(model, pair)
+        registration = compute.register_pair(model, pair)
         for view in F.VIEWS:
             index = F.n_slices(size, view) // 2
             median, best = timed(lambda: pio.to_json(F.registration_figure(registration.volumes, view, index),
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def slider_move() -> None:
             z = registration.mu + rng.normal(0, 0.5, d)
-            decoded = S.decode_pair(model, z, pair.moving, pair.moving_label, pair.spacing)
+            decoded = compute.decode_pair(model, z, pair.moving, pair.moving_label, pair.spacing)
             pio.to_json(F.deformation_figure(pair.moving, decoded.warped, decoded.displacement, decoded.jacobian,
                                              pair.spacing, "axial", size[2] // 2, moving_label=pair.moving_label,
                                              warped_label=decoded.warped_label), validate=False)
@@ -125,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
 
         def register_cohort_subject() -> None:
             loaded = PairDataset(root, None, size, spacing, subjects=[subject]).pair(0)  # on-disk cache
-            result = S.register_pair(model, loaded)
+            result = compute.register_pair(model, loaded)
             pio.to_json(F.registration_figure(result.volumes, "axial", size[2] // 2), validate=False)
 
         median, best = timed(register_cohort_subject, args.repeats)
         rows.append(("registration", "cohort subject: cached pair -> network -> metrics -> figure", median, best))
-        network = timed(lambda: S.register_pair(model, pair), args.repeats)
+        network = timed(lambda: compute.register_pair(model, pair), args.repeats)
         rows.append(("registration", "of which: network + warped labels + Dice/HD95 table", *network))
         uploads = (Upload(info.es_image.name, info.es_image.read_bytes()),
                    Upload(info.ed_image.name, info.ed_image.read_bytes()))
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         def register_upload() -> None:
             with staged_uploads(*uploads) as staged:
                 loaded = staged.preprocess(size, spacing)
-            result = S.register_pair(model, loaded)
+            result = compute.register_pair(model, loaded)
             pio.to_json(F.registration_figure(result.volumes, "axial", size[2] // 2), validate=False)
 
         median, best = timed(register_upload, args.repeats)

@@ -33,27 +33,13 @@ from scipy.stats import wilcoxon
 from cvae.checkpoint import load_checkpoint, resolve_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.data.grid import DEFAULT_SPACING
-from cvae.latent import (
-    cohort_prior,
-    encode_cohort,
-    group_order,
-    latent_dim_of,
-    prior_codes,
-    subject_index,
-    warped_label_measures,
-)
+from cvae.latent import (cohort_prior, encode_cohort, group_order, latent_dim_of, prior_codes, subject_index,
+                         warped_label_measures)
 from cvae.latent.analysis import ClassificationReport, classify
 from cvae.latent.priors import CodePrior
 from cvae.latent.refine import DEFAULT_LR, refine_table, score_codes
-from cvae.latent.transport_study import (
-    claim_lvefs,
-    cohort_transport,
-    fraction,
-    group_matrix,
-    markdown_matrix,
-    pick,
-    transport_pairs,
-)
+from cvae.latent.transport_study import (claim_lvefs, cohort_transport, fraction, group_matrix, markdown_matrix, pick,
+                                         transport_pairs)
 
 from report import print_report, report_parser  # benchmarks/ is on sys.path when run as a script
 

@@ -1,18 +1,13 @@
 """The ``cvae`` command: ``cvae <command> [options]``; each command lives in its own module's ``main(argv)``.
 
-Also the helpers that turn a config dataclass into command-line options: :func:`option` declares a field with its
-help line (unit and meaning; argparse adds the default), :func:`add_config_arguments` makes one ``--flag`` per field
-and :func:`config_from_arguments` builds the config back. Nothing heavy is imported here.
+Also what every command shares: :func:`run_command` (one-line errors, exit codes 0 / 2). Nothing heavy is imported
+here: ``cvae --help`` answers at once.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import importlib
-import json
 import sys
-from dataclasses import field
-from typing import Any
+from collections.abc import Callable
 
 #: command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,64 +28,18 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's name for it
-    """A dataclass field with its default and its command-line help (unit included)."""
-    if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: default, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-def _help(config_class: type, name: str) -> str:
-    """The help of field ``name``: its own, else that of the same field in a base class."""
-    for klass in config_class.__mro__:
-        f = getattr(klass, "__dataclass_fields__", {}).get(name)
-        if f is not None and "help" in f.metadata:
-            return f.metadata["help"]
-    return ""
-
-
-def _nested(f: dataclasses.Field) -> type | None:
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    return type(default) if dataclasses.is_dataclass(default) else None
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
-    """One ``--flag`` per field of a config dataclass, typed from its default, with the field's help.
-
-    A ``tuple[int, ...]`` takes any count of values, a fixed-length tuple that many; booleans get ``--no-flag``; a
-    field holding another config dataclass contributes that class's fields as flags of their own.
-    """
-    for f in dataclasses.fields(config_class):
-        nested = _nested(f)
-        if nested is not None:
-            add_config_arguments(parser, nested)
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = _help(config_class, f.name)
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
-        elif isinstance(default, tuple):
-            nargs = "+" if "..." in str(f.type) else len(default)
-            metavar = "N" if nargs == "+" else ("X", "Y", "Z") if nargs == 3 else None
-            parser.add_argument(flag, nargs=nargs, type=type(default[0]), default=default, help=text, metavar=metavar)
-        elif isinstance(default, dict):
-            parser.add_argument(flag, type=json.loads, default=default, help=f"{text} (JSON object)")
-        else:
-            parser.add_argument(flag, type=type(default) if default is not None else str, default=default, help=text)
-
-
-def config_from_arguments(config_class: type, values: dict[str, Any]) -> Any:
-    """The config dataclass from parsed ``values`` (lists back to tuples, nested configs rebuilt)."""
-    kwargs = {}
-    for f in dataclasses.fields(config_class):
-        nested = _nested(f)
-        if nested is not None:
-            kwargs[f.name] = config_from_arguments(nested, values)
-        elif f.name in values:
-            value = values[f.name]
-            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
-    return config_class(**kwargs)
+def run_command(prog: str, body: Callable[[], str]) -> int:
+    """Run a command's ``body`` and print the line it returns: exit code 0. Bad input (``ValueError``, ``OSError``:
+    a missing file, a corrupt checkpoint...) is one line ``<prog>: error: <first line of the message>`` on stderr
+    and exit code 2, never a traceback."""
+    try:
+        line = body()
+    except (ValueError, OSError) as exc:
+        text = str(exc).strip()
+        print(f"{prog}: error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
+        return 2
+    print(line)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cli import option
+from .config import option
 from .data.grid import DEFAULT_SIZE
 from .fields import exponentiate, gaussian_kernel1d, gaussian_smooth, jacobian_determinant, warp
 from .losses import Energy, objective

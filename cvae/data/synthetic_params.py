@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from cvae.data.labels import GROUPS
-from cvae.data.synthetic_anatomy import Body, Contrast, Heart, LongitudinalMap, Motion, ejection, radii
+from cvae.data.synthetic_anatomy import Body, Contrast, Heart, radii
+from cvae.data.synthetic_motion import LongitudinalMap, Motion, ejection
 
 Range = tuple[float, float]
 
@@ -263,7 +264,7 @@ def _body(reach: float, sex: str, height: float, weight: float, rng: np.random.G
     inner = fat + muscle
     heart_ap = max(b_ap - inner - reach - _u(rng, (0, 12)), 0.0)
     heart_lr = _u(rng, (20, 40))
-    cav_ap, cav_lr = b_ap - inner, b_lr - inner
+    cav_ap = b_ap - inner
     spine_r = _u(rng, (14, 18))
     spine_ap = -cav_ap + spine_r + _u(rng, (4, 10))
     return Body(

@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from cvae.cli import run_command
 from cvae.data.acdc import find_subjects
 from cvae.data.dataset import PairDataset
 from cvae.data.grid import DEFAULT_SIZE, DEFAULT_SPACING
@@ -293,19 +294,18 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data).expanduser() if args.data else data_root()
     out = Path(args.out).expanduser() if args.out else results_root()
     start = time.perf_counter()
-    try:
+
+    def body() -> str:
         methods, skipped = build_methods(args.methods.split(","), args.checkpoint, args.voxelmorph_checkpoint,
                                          args.device)
         for message in skipped:
             print(f"cvae evaluate: {message}", file=sys.stderr)
         cases, paths = run_evaluation(data, methods, out, args.split, args.limit, args.cache, skipped=skipped,
                                       progress=not args.no_progress)
-    except ValueError as exc:
-        print(f"cvae evaluate: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(f"evaluated {', '.join(m.name for m in methods)} on {cases['subject'].nunique()} cases in "
-          f"{time.perf_counter() - start:.1f} s; wrote {', '.join(sorted(paths))} to {out}")
-    return 0
+        return (f"evaluated {', '.join(m.name for m in methods)} on {cases['subject'].nunique()} cases in "
+                f"{time.perf_counter() - start:.1f} s; wrote {', '.join(sorted(paths))} to {out}")
+
+    return run_command("cvae evaluate", body)
 
 
 if __name__ == "__main__":

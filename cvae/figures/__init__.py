@@ -7,41 +7,14 @@
 """
 from __future__ import annotations
 
-from cvae.figures.charts import (
-                                 GROUP_COLOURS,
-                                 confusion_figure,
-                                 embedding_figure,
-                                 method_figure,
-                                 timing_figure,
-                                 transport_matrix_figure,
-)
-from cvae.figures.slices import (
-                                 JACOBIAN_COLOURS,
-                                 LABEL_STYLE,
-                                 VIEW_TITLES,
-                                 VIEWS,
-                                 contour_traces,
-                                 deformed_grid_lines,
-                                 displacement_magnitude_mm,
-                                 extract_slice,
-                                 folding_trace,
-                                 grid_trace,
-                                 image_trace,
-                                 in_plane_displacement,
-                                 jacobian_range,
-                                 jacobian_trace,
-                                 n_slices,
-                                 view_aspect,
-                                 view_axes,
-)
-from cvae.figures.volumes import (
-                                 RegistrationVolumes,
-                                 deformation_figure,
-                                 registration_figure,
-                                 transport_figure,
-                                 uncertainty_figure,
-                                 walk_animation,
-)
+from cvae.figures.charts import (GROUP_COLOURS, confusion_figure, embedding_figure, method_figure, timing_figure,
+                                 transport_matrix_figure)
+from cvae.figures.slices import (JACOBIAN_COLOURS, LABEL_STYLE, VIEW_TITLES, VIEWS, contour_traces, deformed_grid_lines,
+                                 displacement_magnitude_mm, extract_slice, folding_trace, grid_trace, image_trace,
+                                 in_plane_displacement, jacobian_range, jacobian_trace, n_slices, view_aspect,
+                                 view_axes)
+from cvae.figures.volumes import (RegistrationVolumes, deformation_figure, registration_figure, transport_figure,
+                                  uncertainty_figure, walk_animation)
 
 __all__ = [
     "VIEWS", "VIEW_TITLES", "LABEL_STYLE", "GROUP_COLOURS", "JACOBIAN_COLOURS", "RegistrationVolumes", "view_axes",

@@ -12,17 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
-from cvae.figures.slices import (
-    contour_traces,
-    displacement_magnitude_mm,
-    extract_slice,
-    folding_trace,
-    grid_trace,
-    image_trace,
-    in_plane_displacement,
-    jacobian_trace,
-    view_aspect,
-)
+from cvae.figures.slices import (contour_traces, displacement_magnitude_mm, extract_slice, folding_trace, grid_trace,
+                                 image_trace, in_plane_displacement, jacobian_trace, view_aspect)
 
 __all__ = ["RegistrationVolumes", "registration_figure", "deformation_figure", "walk_animation", "uncertainty_figure",
            "transport_figure"]

@@ -48,6 +48,7 @@ import torch
 from scipy import ndimage
 
 from cvae.checkpoint import load_checkpoint
+from cvae.cli import run_command
 from cvae.data.acdc import load_label, load_nifti
 from cvae.data.preprocess import PreprocessedPair, preprocess_image_pair, resample_to_grid
 from cvae.evaluation.metrics import mean_displacement_mm, mean_scores, negative_jacobian_fraction, structure_scores
@@ -303,20 +304,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success, 2 with a one-line message on bad input."""
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> str:
         metrics = register_files(args.fixed, args.moving, args.out, args.checkpoint, args.fixed_seg,
                                  args.moving_seg, args.device, args.refine_steps)
-    except (ValueError, OSError) as exc:
-        print(f"cvae register: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    line = (f"wrote {len(metrics['outputs'])} files to {args.out} in {metrics['seconds']['total']:.1f} s "
-            f"(registration {metrics['seconds']['registration']:.2f} s); "
-            f"folding {100 * metrics['negative_jacobian_fraction']:.3f} %")
-    seg = metrics.get("segmentation")
-    if seg and seg["dice_mean"] is not None:
-        line += f"; mean Dice {seg['dice_mean']:.3f} (unregistered {seg['dice_unregistered_mean']:.3f})"
-    print(line)
-    return 0
+        line = (f"wrote {len(metrics['outputs'])} files to {args.out} in {metrics['seconds']['total']:.1f} s "
+                f"(registration {metrics['seconds']['registration']:.2f} s); "
+                f"folding {100 * metrics['negative_jacobian_fraction']:.3f} %")
+        seg = metrics.get("segmentation")
+        if seg and seg["dice_mean"] is not None:
+            line += f"; mean Dice {seg['dice_mean']:.3f} (unregistered {seg['dice_unregistered_mean']:.3f})"
+        return line
+
+    return run_command("cvae register", body)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 import torch
 
 from cvae.checkpoint import MODEL_FILE, load_checkpoint, read_config, resolve_checkpoint
+from cvae.cli import run_command
 from cvae.data.dataset import PairDataset
 from cvae.data.grid import DEFAULT_SPACING
 from cvae.evaluation.clinical import MEASURE_UNITS, clinical_measures
@@ -193,18 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="recompute even if a cached table exists")
     args = parser.parse_args(argv)
     out = Path(args.out).expanduser()
-    try:
+
+    def body() -> str:
         if out.is_dir():
             raise ValueError(f"--out {out} is a directory: give a file name such as codes.csv")
         table = encode_cohort(args.checkpoint, args.data, None if args.split == "all" else args.split,
                               device=args.device, batch_size=args.batch_size, cache=not args.no_cache,
                               progress=True)
         write_csv(table, out)
-    except (ValueError, OSError) as exc:
-        print(f"cvae embed: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(table)} subjects x {latent_dim_of(table)}-D codes to {out}")
-    return 0
+        return f"wrote {len(table)} subjects x {latent_dim_of(table)}-D codes to {out}"
+
+    return run_command("cvae embed", body)
 
 
 if __name__ == "__main__":

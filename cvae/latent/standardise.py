@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from cvae.checkpoint import load_checkpoint, read_config, resolve_checkpoint, save_checkpoint
+from cvae.cli import run_command
 from cvae.data.dataset import PairDataset
 from cvae.latent.codes import as_image
 from cvae.latent.cohort import encode_cohort
@@ -171,16 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="new checkpoint folder (must not exist)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> str:
         done = standardise_checkpoint(args.checkpoint, args.data, args.out,
                                       None if args.split == "all" else args.split, args.device)
-    except (ValueError, OSError) as exc:
-        print(f"cvae standardise: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(f"standardised on {done['subjects']} subjects ({done['split']}): mean KL {done['mean_kl_before']:.3f} -> "
-          f"{done['mean_kl_after']:.3f} nats; velocity on one pair changed by at most {done['velocity_change']:.2e} "
-          f"voxels (max |v| {done['velocity_max']:.3f}); wrote {args.out}")
-    return 0
+        return (f"standardised on {done['subjects']} subjects ({done['split']}): mean KL "
+                f"{done['mean_kl_before']:.3f} -> {done['mean_kl_after']:.3f} nats; velocity on one pair changed by "
+                f"at most {done['velocity_change']:.2e} voxels (max |v| {done['velocity_max']:.3f}); wrote {args.out}")
+
+    return run_command("cvae standardise", body)
 
 
 if __name__ == "__main__":

@@ -33,18 +33,13 @@ import torch
 import voxelmorph as vxm
 from safetensors.torch import save as safetensors_bytes
 
-from cvae.checkpoint import CheckpointError
-from cvae.cli import add_config_arguments, config_from_arguments, option
+from cvae.cli import run_command
+from cvae.config import add_config_arguments, config_from_arguments, option
 from cvae.device import resolve_device
-from cvae.methods.voxelmorph import (
-    VoxelMorph,
-    VoxelMorphConfig,
-    load_voxelmorph_checkpoint,
-    read_voxelmorph_config,
-    save_voxelmorph,
-)
+from cvae.methods.voxelmorph import (VoxelMorph, VoxelMorphConfig, load_voxelmorph_checkpoint, read_voxelmorph_config,
+                                     save_voxelmorph)
 from cvae.training.config import RunConfig
-from cvae.training.loop import RunState, fit, held_out_split, resume_state, rewind_log
+from cvae.training.loop import RunState, fit, held_out_split, resume_state, rewind_log, run_summary
 
 __all__ = ["VxmTrainConfig", "train_voxelmorph", "export_voxelmorph", "main"]
 
@@ -220,19 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = vars(_parser().parse_args(argv))
     export, cohort_seed, note = args.pop("export"), args.pop("cohort_seed"), args.pop("note")
-    try:
+
+    def body() -> str:
         if export:
             dest = export_voxelmorph(*export, cohort_seed=cohort_seed, note=note)
-            print(f"exported {export[0]} to {dest} (model.safetensors, config.json, README.md)")
-            return 0
-        cfg = config_from_arguments(VxmTrainConfig, args)
+            return f"exported {export[0]} to {dest} (model.safetensors, config.json, README.md)"
         command = "python -m cvae.methods.train_voxelmorph " + shlex.join(argv)
-        out = train_voxelmorph(cfg, command)
-    except (ValueError, CheckpointError) as exc:
-        print(f"train_voxelmorph: {exc}", file=sys.stderr)
-        return 2
-    print(f"checkpoints in {out}/last and {out}/best; log in {out}/log.jsonl")
-    return 0
+        return run_summary(train_voxelmorph(config_from_arguments(VxmTrainConfig, args), command))
+
+    return run_command("train_voxelmorph", body)
 
 
 if __name__ == "__main__":

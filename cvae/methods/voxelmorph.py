@@ -39,7 +39,7 @@ import voxelmorph as vxm
 from torch import nn
 
 from cvae.checkpoint import CheckpointError, build_checkpoint, read_config, save_checkpoint
-from cvae.cli import option
+from cvae.config import option
 from cvae.data.grid import DEFAULT_SIZE, DEFAULT_SPACING
 from cvae.device import resolve_device
 from cvae.fields import jacobian_determinant

@@ -5,13 +5,13 @@
 baseline's ``VxmTrainConfig`` holds a ``VoxelMorphConfig`` the same way). A config is saved in its checkpoints'
 ``config.json`` under ``training``.
 
-Every field carries its help line (:func:`cvae.cli.option`), from which ``cvae train --help`` is built.
+Every field carries its help line (:func:`cvae.config.option`), from which ``cvae train --help`` is built.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cvae.cli import option
+from cvae.config import option
 from cvae.data.grid import DEFAULT_SPACING
 from cvae.model import ModelConfig
 

@@ -35,7 +35,7 @@ from cvae.io.atomic import write_text
 from cvae.model import CVAERegistration
 
 __all__ = ["LoopSettings", "RunState", "StopFlag", "collate", "rewind_log", "validate", "fit", "held_out_split",
-           "resume_state"]
+           "resume_state", "run_summary"]
 
 
 class LoopSettings(Protocol):
@@ -223,6 +223,11 @@ def held_out_split(data: str | os.PathLike, size: tuple[int, int, int], spacing:
     dataset = PairDataset(data, "training", size, spacing, cache_dir)
     n_val = min(val_subjects, len(dataset) - 1)
     return dataset, list(range(len(dataset) - n_val)), list(range(len(dataset) - n_val, len(dataset)))
+
+
+def run_summary(out: Path) -> str:
+    """The line a finished training command prints: where its checkpoints and log are."""
+    return f"checkpoints in {out}/last and {out}/best; log in {out}/log.jsonl"
 
 
 def resume_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -27,11 +27,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from cvae.checkpoint import load_weights, read_config, save_checkpoint
-from cvae.cli import add_config_arguments, config_from_arguments
+from cvae.cli import run_command
+from cvae.config import add_config_arguments, config_from_arguments
 from cvae.device import resolve_device
 from cvae.model import CVAERegistration
 from cvae.training.config import TrainConfig
-from cvae.training.loop import RunState, fit, held_out_split, resume_state, rewind_log
+from cvae.training.loop import RunState, fit, held_out_split, resume_state, rewind_log, run_summary
 from cvae.training.objective import Objective, loss_schedule
 from cvae.training.warmup import SummaryPCA
 
@@ -132,15 +133,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    cfg = config_from_arguments(TrainConfig, vars(args))
-    try:
-        out = train(cfg)
-    except ValueError as exc:
-        print(f"cvae train: {exc}", file=sys.stderr)
-        return 2
-    print(f"checkpoints in {out}/last and {out}/best; log in {out}/log.jsonl")
-    return 0
+    cfg = config_from_arguments(TrainConfig, vars(_parser().parse_args(argv)))
+    return run_command("cvae train", lambda: run_summary(train(cfg)))
 
 
 if __name__ == "__main__":
