@@ -15,12 +15,13 @@ import platform
 import torch
 
 from cvae.checkpoint import CheckpointError, load_model
+from cvae.data.grid import DEFAULT_SIZE
 from cvae.fields import compose, exponentiate, gaussian_kernel1d, gaussian_smooth, jacobian_determinant, warp
 from cvae.model import CVAERegistration
 
 from timing import timed  # benchmarks/ is on sys.path when run as a script
 
-SHAPE = (128, 128, 32)
+SHAPE = DEFAULT_SIZE
 
 
 def best_ms(fn, repeats: int) -> float:

@@ -4,7 +4,7 @@ Every problem with an upload is an :class:`UploadError` whose one-line message n
 path) and says what to do, so the app can show it as is::
 
     with staged_uploads(Upload("es.nii.gz", data), Upload("ed.nii.gz", data2)) as staged:
-        pair = staged.preprocess(size=(128, 128, 32), spacing=(1.5, 1.5, 3.15))
+        pair = staged.preprocess(size=DEFAULT_SIZE, spacing=DEFAULT_SPACING)
         cvae.io.register.register_files(staged.paths["fixed"], staged.paths["moving"], out_dir)
     # the temporary folder is gone here
 

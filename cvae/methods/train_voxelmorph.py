@@ -64,8 +64,8 @@ def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     log_path = out / "log.jsonl"
-    dataset, train_idx, val_idx = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir,
-                                                 cfg.val_subjects)
+    split = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir, cfg.val_subjects)
+    dataset, train_idx, val_idx = split
 
     torch.manual_seed(cfg.seed)
     model = VoxelMorph(cfg.model).to(device)
@@ -86,7 +86,7 @@ def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
                         trainer={"step": state.step, "best_dice": state.best, "wall_time_s": state.wall})
 
     with open(log_path, "a", buffering=1) as log:  # line-buffered: readable while running
-        fit(model, model, optimizer, dataset, train_idx, val_idx, cfg, state, save, log, device)
+        fit(model, model, optimizer, split, cfg, state, save, log, device)
     return out
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, NamedTuple, Protocol, TextIO
 
 import numpy as np
 import torch
@@ -34,8 +34,8 @@ from cvae.fields import image_tensor, warp_labels
 from cvae.io.atomic import write_text
 from cvae.model import CVAERegistration
 
-__all__ = ["LoopSettings", "RunState", "StopFlag", "collate", "rewind_log", "validate", "fit", "held_out_split",
-           "resume_state", "run_summary"]
+__all__ = ["LoopSettings", "HeldOut", "RunState", "StopFlag", "collate", "rewind_log", "validate", "fit",
+           "held_out_split", "resume_state", "run_summary"]
 
 
 class LoopSettings(Protocol):
@@ -138,21 +138,22 @@ class RunState:
     wall: float = 0.0
 
 
-def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: PairDataset,
-        train_idx: list[int], val_idx: list[int], cfg: LoopSettings, state: RunState,
-        save: Callable[[RunState, str, dict | None], None], log: TextIO | None, device: torch.device, *, rank: int = 0,
-        world: int = 1, progress: bool = False,
+def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, split: HeldOut,
+        cfg: LoopSettings, state: RunState, save: Callable[[RunState, str, dict | None], None], log: TextIO | None,
+        device: torch.device, *, rank: int = 0, world: int = 1, progress: bool = False,
         schedule: Callable[[int], dict[str, float]] | None = None, labels: bool = False) -> RunState:
     """The training loop shared by the CVAE and the VoxelMorph baseline.
 
     ``net`` (``model``, an objective around it, or their DDP wrapper) maps ``(fixed, moving)`` to a dict of loss
-    terms with ``"loss"``; ``model.register(fixed, moving, inverse=False)`` serves validation. ``cfg`` gives the
+    terms with ``"loss"``; ``model.register(fixed, moving, inverse=False)`` serves validation on ``split.val``,
+    training draws from ``split.train``. ``cfg`` gives the
     schedule (:class:`LoopSettings`). Rank 0 writes one JSON line per step and per validation to ``log``, keeps
     ``best`` and ``last`` through ``save(state, folder, metrics)``, and validates once more when the run stops
     between validations. ``schedule(step)`` gives extra keyword arguments of ``net`` for that step (the CVAE's KL
     and code warm-up weights); they are logged with the loss terms. With ``labels`` the batch's ``moving_label`` and
     ``fixed_label`` are passed to ``net`` too (the training split must then be labelled).
     """
+    dataset, train_idx, val_idx = split
     sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
     per_epoch = len(sampler) // cfg.batch_size
@@ -216,13 +217,21 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
 
 
 
+class HeldOut(NamedTuple):
+    """A training cohort and the indices of its subjects used for training and held out for validation."""
+
+    dataset: PairDataset
+    train: list[int]
+    val: list[int]
+
+
 def held_out_split(data: str | os.PathLike, size: tuple[int, int, int], spacing: tuple[float, float, float],
-                   cache_dir: str | os.PathLike | None, val_subjects: int) -> tuple[PairDataset, list[int], list[int]]:
+                   cache_dir: str | os.PathLike | None, val_subjects: int) -> HeldOut:
     """The training split of the cohort ``data`` preprocessed to ``size`` voxels of ``spacing`` mm, with its last
-    ``val_subjects`` subjects held out for validation: ``(dataset, train indices, validation indices)``."""
+    ``val_subjects`` subjects (at least one subject is left to train on) held out for validation."""
     dataset = PairDataset(data, "training", size, spacing, cache_dir)
     n_val = min(val_subjects, len(dataset) - 1)
-    return dataset, list(range(len(dataset) - n_val)), list(range(len(dataset) - n_val, len(dataset)))
+    return HeldOut(dataset, list(range(len(dataset) - n_val)), list(range(len(dataset) - n_val, len(dataset))))
 
 
 def run_summary(out: Path) -> str:

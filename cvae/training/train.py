@@ -70,8 +70,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     log_path = out / "log.jsonl"
 
-    dataset, train_idx, val_idx = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir,
-                                                 cfg.val_subjects)
+    split = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir, cfg.val_subjects)
+    dataset, train_idx, _ = split
     if len(train_idx) < world * cfg.batch_size:
         raise ValueError(f"{len(train_idx)} training subjects are too few for {world} x batch {cfg.batch_size}")
 
@@ -108,7 +108,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                         trainer={"step": state.step, "best_dice": state.best, "wall_time_s": state.wall})
 
     with open(log_path, "a", buffering=1) if rank == 0 else nullcontext() as log:
-        state = fit(net, model, optimizer, dataset, train_idx, val_idx, cfg, state, save, log,
+        state = fit(net, model, optimizer, split, cfg, state, save, log,
                     device, rank=rank, world=world, progress=progress, schedule=partial(loss_schedule, cfg),
                     labels=cfg.seg_weight > 0)
         if world > 1:
