@@ -8,8 +8,8 @@ back from the parsed values. Used by :class:`cvae.model.ModelConfig`, the traini
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
-import json
 from dataclasses import field
 from typing import Any
 
@@ -18,18 +18,9 @@ __all__ = ["option", "add_config_arguments", "config_from_arguments"]
 
 def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's name for it
     """A dataclass field with its default and its command-line help (unit included)."""
-    if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: default, metadata={"help": help})
+    if dataclasses.is_dataclass(default):  # a nested config: each instance gets its own copy
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
-
-
-def _help(config_class: type, name: str) -> str:
-    """The help of field ``name``: its own, else that of the same field in a base class."""
-    for klass in config_class.__mro__:
-        f = getattr(klass, "__dataclass_fields__", {}).get(name)
-        if f is not None and "help" in f.metadata:
-            return f.metadata["help"]
-    return ""
 
 
 def _nested(f: dataclasses.Field) -> type | None:
@@ -50,15 +41,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) ->
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = _help(config_class, f.name)
+        text = f.metadata.get("help", "")
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif isinstance(default, tuple):
             nargs = "+" if "..." in str(f.type) else len(default)
             metavar = "N" if nargs == "+" else ("X", "Y", "Z") if nargs == 3 else None
             parser.add_argument(flag, nargs=nargs, type=type(default[0]), default=default, help=text, metavar=metavar)
-        elif isinstance(default, dict):
-            parser.add_argument(flag, type=json.loads, default=default, help=f"{text} (JSON object)")
         else:
             parser.add_argument(flag, type=type(default) if default is not None else str, default=default, help=text)
 

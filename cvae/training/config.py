@@ -26,7 +26,7 @@ class RunConfig:
     out: str = option("runs/cvae", "run folder: last/ and best/ checkpoints, log.jsonl")
     steps: int = option(20000, "optimiser steps (batches) in all, counting those of a resumed run")
     batch_size: int = option(1, "pairs per step and process")
-    lr: float = option(5e-4, "Adam learning rate (also applied on --resume)")
+    lr: float = option(5e-4, "Adam learning rate")
     spacing: tuple[float, float, float] = option(DEFAULT_SPACING, "voxel size of the preprocessed grid, mm (X Y Z)")
     augment: bool = option(True, "random shift, rotation, scaling and mirroring of every pair")
     val_subjects: int = option(10, "the last N training subjects are held out for validation")
@@ -37,7 +37,8 @@ class RunConfig:
     device: str = option("auto", "auto (CUDA when present), cpu or cuda[:N]")
     threads: int = option(0, "torch intra-op threads per process; 0 = torch's default")
     cache_dir: str | None = option(None, "preprocessed-volume cache; None = $CVAE_CACHE or ~/.cache/cvae-reg")
-    resume: bool = option(False, "continue from <out>/last; --lr and --weight-decay apply from there on")
+    resume: bool = option(False, "continue from <out>/last (for the CVAE, --lr and --weight-decay apply from there "
+                                 "on)")
 
 
 @dataclass
