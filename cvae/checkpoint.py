@@ -1,7 +1,8 @@
 """Checkpoints: ``model.safetensors`` + ``config.json`` in one folder; never pickle.
 
 ``config.json`` holds ``format``, ``version``, ``model`` (:class:`~cvae.model.ModelConfig`), ``spacing`` (mm of the
-preprocessed grid), and free-form ``training`` and ``metrics`` sections. A training folder may also hold
+preprocessed grid), free-form ``training`` and ``metrics`` sections and, for a standardised model, a
+``latent_standardisation`` section (:mod:`cvae.latent.standardise`). A training folder may also hold
 ``optimizer.safetensors`` + ``trainer.json`` for ``--resume``. Folders are written atomically: into a temporary
 sibling, then swapped in by renames, so a killed process leaves either the old or the new checkpoint.
 """

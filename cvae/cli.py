@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("cvae.data.synthetic", "write a synthetic ACDC-like cohort in the ACDC layout"),
     "train": ("cvae.training.train", "train the CVAE (single process or torchrun)"),
     "register": ("cvae.io.register", "register two NIfTI images, write NIfTI outputs and metrics"),
-    "evaluate": ("cvae.evaluation.evaluate", "evaluate methods (cvae, demons, voxelmorph, identity) on a cohort"),
+    "evaluate": ("cvae.evaluation.evaluate", "evaluate registration methods on a cohort (the CVAE and its baselines)"),
     "embed": ("cvae.latent.cohort", "encode a cohort to a table of latent codes and clinical measures"),
     "standardise": ("cvae.latent.standardise", "re-centre and re-scale a checkpoint's latent space to a cohort's "
                     "codes (exact, lowers the KL)"),

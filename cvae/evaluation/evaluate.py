@@ -273,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="ACDC-layout cohort (default: $CVAE_DATA or data/synthetic-acdc)")
     parser.add_argument("--split", default="testing", choices=["training", "testing"],
                         help="which subjects (default testing)")
-    parser.add_argument("--methods", default="cvae,demons,voxelmorph,identity",
+    parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default all; unavailable ones are "
                         "skipped with a note)")
     parser.add_argument("--out", default=None, help="output folder (default: $CVAE_RESULTS or results/)")

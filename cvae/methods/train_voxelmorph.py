@@ -19,6 +19,7 @@ where ``last`` stopped; ``--time-limit-min`` counts the time spent in steps; Ctr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from cvae.config import add_config_arguments, config_from_arguments, option
 from cvae.device import resolve_device
 from cvae.methods.voxelmorph import (VoxelMorph, VoxelMorphConfig, load_voxelmorph_checkpoint, read_voxelmorph_config,
                                      save_voxelmorph)
+from cvae.paths import data_root
 from cvae.training.config import RunConfig
 from cvae.training.loop import RunState, fit, held_out_split, resume_state, rewind_log, run_summary
 
@@ -59,6 +61,7 @@ class VxmTrainConfig(RunConfig):
 
 def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
     """Run (or resume) training; returns the run folder. ``command`` is recorded in the checkpoints."""
+    cfg = dataclasses.replace(cfg, data=str(cfg.data or data_root()))
     device = resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

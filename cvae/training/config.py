@@ -22,7 +22,8 @@ __all__ = ["RunConfig", "TrainConfig"]
 class RunConfig:
     """The settings every training run shares: data, schedule, checkpoints and machine (see the field help)."""
 
-    data: str = option("data/synthetic-acdc", "ACDC-layout cohort root (real ACDC or `cvae synth` output)")
+    data: str | None = option(None, "ACDC-layout cohort root (real ACDC or `cvae synth` output); None = $CVAE_DATA "
+                                    "or <repo>/data/synthetic-acdc")
     out: str = option("runs/cvae", "run folder: last/ and best/ checkpoints, log.jsonl")
     steps: int = option(20000, "optimiser steps (batches) in all, counting those of a resumed run")
     batch_size: int = option(1, "pairs per step and process")

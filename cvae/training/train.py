@@ -11,6 +11,7 @@ its unit and default); the loop, its checkpoints (``<out>/last``, ``<out>/best``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -31,25 +32,34 @@ from cvae.cli import run_command
 from cvae.config import add_config_arguments, config_from_arguments
 from cvae.device import resolve_device
 from cvae.model import CVAERegistration
+from cvae.paths import data_root
 from cvae.training.config import TrainConfig
 from cvae.training.loop import RunState, fit, held_out_split, resume_state, rewind_log, run_summary
 from cvae.training.objective import Objective, loss_schedule
 from cvae.training.warmup import SummaryPCA
 
-__all__ = ["train", "init_weights", "main"]
+__all__ = ["train", "model_changes", "init_weights", "main"]
 
 
 def _param_checksum(model: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in model.parameters()))
 
 
-def init_weights(model: CVAERegistration, checkpoint: str | os.PathLike, spacing: Sequence[float]) -> None:
-    """Load the weights of ``checkpoint`` into ``model`` (fine-tuning), after checking that it was trained with the
-    same model settings and voxel spacing (mm) as this run; ``ValueError`` naming the differences otherwise."""
+def model_changes(model: CVAERegistration, checkpoint: str | os.PathLike, spacing: Sequence[float]
+                  ) -> list[tuple[str, object, object]]:
+    """``(name, this run's value, the checkpoint's value)`` of each model setting and of the voxel spacing (mm) in
+    which this run differs from what ``checkpoint`` was trained with."""
     config = read_config(checkpoint)
     ours = {**model.config.to_dict(), "spacing": [float(x) for x in spacing]}
     theirs = {**config["model"], "spacing": [float(x) for x in config.get("spacing", ours["spacing"])]}
-    differ = [f"{k}={theirs.get(k)!r} (this run: {v!r})" for k, v in ours.items() if theirs.get(k) != v]
+    return [(k, v, theirs.get(k)) for k, v in ours.items() if theirs.get(k) != v]
+
+
+def init_weights(model: CVAERegistration, checkpoint: str | os.PathLike, spacing: Sequence[float]) -> None:
+    """Load the weights of ``checkpoint`` into ``model`` (fine-tuning), after checking that it was trained with the
+    same model settings and voxel spacing (mm) as this run; ``ValueError`` naming the differences otherwise."""
+    differ = [f"{name}={theirs!r} (this run: {ours!r})"
+              for name, ours, theirs in model_changes(model, checkpoint, spacing)]
     if differ:
         raise ValueError(f"--init {checkpoint} was trained with {', '.join(differ)}; pass the same options")
     load_weights(model, checkpoint)
@@ -67,6 +77,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    cfg = dataclasses.replace(cfg, data=str(cfg.data or data_root()))
     out = Path(cfg.out)
     log_path = out / "log.jsonl"
 
@@ -79,7 +90,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     model = CVAERegistration(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = RunState()
-    if cfg.resume and (out / "last").is_dir():  # the command line may continue with a new learning rate
+    if cfg.resume and (out / "last").is_dir():  # the command line may continue with a new lr, lam, ...
+        if rank == 0:
+            for name, ours, theirs in model_changes(model, out / "last", cfg.spacing):
+                print(f"cvae train: note: resuming with {name}={ours!r} (the run had {theirs!r})", file=sys.stderr)
         state = resume_state(out / "last", model, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
     elif cfg.init:
         init_weights(model, cfg.init, cfg.spacing)
