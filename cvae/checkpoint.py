@@ -25,15 +25,22 @@ from .io.atomic import atomic_folder
 from .model import CVAERegistration, ModelConfig
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "load_weights",
-           "load_training_state", "resolve_checkpoint", "read_config", "CHECKPOINT_DIRS", "FORMAT"]
+           "load_training_state", "resolve_checkpoint", "read_config", "checkpoint_dirs", "SHIPPED_CHECKPOINTS",
+           "FORMAT"]
 
 FORMAT = "cvae-reg checkpoint"
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 OPTIMIZER_FILE, TRAINER_FILE = "optimizer.safetensors", "trainer.json"
 
-#: Where named checkpoints are looked up: ``$CVAE_CHECKPOINTS`` (if set), then the repository's ``checkpoints/``.
-CHECKPOINT_DIRS: list[Path] = ([Path(os.environ["CVAE_CHECKPOINTS"])] if os.environ.get("CVAE_CHECKPOINTS") else []
-                               ) + [Path(__file__).resolve().parent.parent / "checkpoints"]
+#: The repository's shipped checkpoints.
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Where named checkpoints are looked up, in order: ``$CVAE_CHECKPOINTS`` (read at each call, when set), then
+    the repository's ``checkpoints/``."""
+    extra = os.environ.get("CVAE_CHECKPOINTS")
+    return ([Path(extra).expanduser()] if extra else []) + [SHIPPED_CHECKPOINTS]
 
 
 class CheckpointError(ValueError):
@@ -48,10 +55,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     if len(path.parts) == 1:
-        for root in CHECKPOINT_DIRS:
+        for root in checkpoint_dirs():
             if (root / path).is_dir():
                 return root / path
-    known = sorted(p.name for root in CHECKPOINT_DIRS if root.is_dir() for p in root.iterdir()
+    known = sorted(p.name for root in checkpoint_dirs() if root.is_dir() for p in root.iterdir()
                    if (p / CONFIG_FILE).is_file())
     raise CheckpointError(f"checkpoint {str(name_or_path)!r} not found: give a folder holding {CONFIG_FILE} and "
                           f"{MODEL_FILE}, or one of the shipped names {known}")

@@ -65,9 +65,9 @@ def image_tensor(volume: torch.Tensor | np.ndarray, device: torch.device | str |
     ``shape`` the grid must be ``shape`` voxels; ``ValueError`` (naming ``name``) otherwise.
     """
     t = volume if isinstance(volume, torch.Tensor) else torch.tensor(np.asarray(volume))
-    while t.dim() < 5:
+    while 3 <= t.dim() < 5:
         t = t.unsqueeze(0)
-    if t.shape[:2] != (1, 1) or t.dim() != 5:
+    if t.dim() != 5 or t.shape[:2] != (1, 1):
         raise ValueError(f"{name} must be one volume (X, Y, Z) or (1, 1, X, Y, Z), got shape {tuple(volume.shape)}")
     if shape is not None and tuple(t.shape[2:]) != tuple(int(n) for n in shape):
         raise ValueError(f"{name} is {tuple(t.shape[2:])} voxels but the model expects {tuple(shape)}: "

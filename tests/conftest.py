@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny synthetic ACDC-like cohort and a small model configuration that fits it."""
+"""Fixtures and helpers shared by the test modules (test modules import from here, never from each other).
+
+Sections: the machine; the tiny grids; the benchmark scripts; the session's synthetic cohort; an isolated cache;
+hand-made ACDC folders; numpy references (nearest-neighbour label warp, Dice, folding); the small model, cohort and
+checkpoint of the latent-space tests; synthetic codes and images; the app's environment.
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -7,8 +12,23 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
+
+from cvae.checkpoint import save_checkpoint
+from cvae.data.dataset import PairDataset
+from cvae.data.preprocess import PreprocessedPair
+from cvae.model import CVAERegistration, ModelConfig
+
+# ---------------------------------------------------------------------------------------------------------------
+# the machine: the tests run on 2 CPU cores
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# ---------------------------------------------------------------------------------------------------------------
+# the tiny grid of the fast tests
 
 #: Preprocessing and model sizes for fast tests: a 32 x 32 x 16 grid at 6 x 6 x 6.3 mm still holds the heart.
 TINY_SIZE = (32, 32, 16)
@@ -16,9 +36,9 @@ TINY_SPACING = (6.0, 6.0, 6.3)
 TINY_MODEL = dict(image_size=TINY_SIZE, encoder_channels=(8, 8, 8, 4), decoder_channels=(8, 8, 4), head_channels=4,
                   kernel_smooth=9, sigma_smooth=1.5)
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# ---------------------------------------------------------------------------------------------------------------
+# the benchmark scripts (not a package: they import each other with ``benchmarks/`` on ``sys.path``)
 
-#: The benchmark scripts (not a package: they import each other with ``benchmarks/`` on ``sys.path``).
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -30,6 +50,10 @@ def load_benchmark(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the session's synthetic cohort (cvae.data.synthetic) and its preprocessed-volume cache
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +70,202 @@ def tiny_cohort(tmp_path_factory) -> Path:
 def tiny_cache(tmp_path_factory) -> Path:
     """Preprocessed-volume cache shared by the tests of one session."""
     return tmp_path_factory.mktemp("cvae-cache")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a cache of one test's own (request it, or `pytestmark = pytest.mark.usefixtures("isolated_cache")`)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``$CVAE_CACHE`` set to ``tmp_path / "cache"`` for one test: preprocessed pairs and latent tables of that test
+    only (nothing read from or left in the user's cache)."""
+    monkeypatch.setenv("CVAE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hand-made ACDC folders: tiny concentric-label phantoms on a rotated, anisotropic grid
+
+ACDC_SHAPE = (24, 28, 6)
+ACDC_SPACING = (1.5625, 1.5625, 10.0)
+
+
+def acdc_affine(spacing=ACDC_SPACING) -> np.ndarray:
+    """A non-trivial voxel-to-world affine: axis 0 flipped, a small in-plane rotation, an offset."""
+    angle = np.deg2rad(20.0)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([-1.0, 1.0, 1.0]) @ np.diag(spacing)
+    affine[:3, 3] = [40.0, -25.0, 12.0]
+    return affine
+
+
+def heart_label(shape=ACDC_SHAPE, centre=(13.0, 12.0, 3.0), radius=5.0) -> np.ndarray:
+    """Concentric LV (3) / myocardium (2) with an RV (1) blob beside it, uint8 ``shape``."""
+    x, y, z = np.indices(shape)
+    r = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2)
+    inside = np.abs(z - centre[2]) <= 2
+    label = np.zeros(shape, np.uint8)
+    label[(r < radius + 2) & inside] = 2
+    label[(r < radius) & inside] = 3
+    label[(np.sqrt((x - centre[0]) ** 2 + (y - centre[1] - radius - 5) ** 2) < 3) & inside] = 1
+    return label
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> None:
+    nib.save(nib.Nifti1Image(data, acdc_affine() if affine is None else affine), str(path))
+
+
+def write_patient(
+    split_dir: Path, number: int, group: str = "NOR", ed: int = 1, es: int = 9, labels: bool = True,
+    seed: int = 0, shape=ACDC_SHAPE,
+) -> Path:
+    """Write ``split_dir/patientNNN`` with Info.cfg, ED/ES frames and (optionally) their ``_gt`` labels.
+
+    ED cavity radius 5 voxels, ES 3.5 (LVEF ~ 51 %); height 180 cm, weight 80 kg.
+    """
+    subject = f"patient{number:03d}"
+    directory = split_dir / subject
+    directory.mkdir(parents=True)
+    (directory / "Info.cfg").write_text(
+        f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 180.0\nNbFrame: 30\nWeight: 80.0\n"
+    )
+    rng = np.random.default_rng(seed)
+    for frame, radius in ((ed, 5.0), (es, 3.5)):
+        label = heart_label(shape, radius=radius)
+        image = (100.0 * (label == 3) + 40.0 * (label > 0) + rng.normal(20.0, 5.0, shape)).astype(np.float32)
+        save_nifti(directory / f"{subject}_frame{frame:02d}.nii.gz", image)
+        if labels:
+            save_nifti(directory / f"{subject}_frame{frame:02d}_gt.nii.gz", label)
+    return directory
+
+
+def truncate_es_frame(directory: Path) -> Path:
+    """Cut the ES image (frame 9) of ``patient005`` in ``directory`` to half its bytes: a corrupt file."""
+    path = directory / "patient005_frame09.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# independent references (numpy) for what the library computes with torch
+
+
+def nearest_warp(label: np.ndarray, displacement: np.ndarray) -> np.ndarray:
+    """``label (X, Y, Z)`` sampled at ``x + u(x)`` by nearest neighbour, with the project's conventions: ``u (3, X, Y,
+    Z)`` in voxels, channel ``i`` along array axis ``i``; points outside the volume take the border value (indices
+    clamped, as ``grid_sample``'s border padding). Rounding half to even, as ``grid_sample``'s nearest mode."""
+    index = np.indices(label.shape, dtype=np.float64) + np.asarray(displacement, dtype=np.float64)
+    nearest = tuple(np.clip(np.rint(index[i]), 0, n - 1).astype(np.int64) for i, n in enumerate(label.shape))
+    return np.asarray(label)[nearest]
+
+
+def dice_by_hand(a: np.ndarray, b: np.ndarray) -> float:
+    """``2 |A & B| / (|A| + |B|)`` of two boolean masks; NaN when both are empty."""
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / total if total else float("nan")
+
+
+def folding_by_hand(displacement: np.ndarray) -> float:
+    """Fraction of voxels where ``det(I + du/dx) <= 0`` for ``u (3, X, Y, Z)`` in voxels, by ``np.gradient`` (central
+    differences inside, one-sided at the borders, as :func:`cvae.fields.jacobian_determinant` documents)."""
+    u = np.asarray(displacement, dtype=np.float64)
+    grads = np.gradient(u, axis=(1, 2, 3))  # grads[j][i] = d u_i / d x_j
+    jacobian = np.stack([np.stack([grads[j][i] for j in range(3)], axis=-1) for i in range(3)], axis=-2)
+    det = np.linalg.det(np.eye(3) + jacobian)
+    return float((det <= 0).mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the latent-space tests: a small model whose code visibly changes the deformation, its checkpoint, a cohort
+
+LATENT_SIZE = (24, 24, 8)
+LATENT_SPACING = (2.0, 2.0, 6.0)
+LATENT_DIM = 3
+
+
+def latent_model(seed: int = 0, latent_dim: int = LATENT_DIM) -> CVAERegistration:
+    """A small random model whose decoder makes deformations of about a voxel that depend clearly on ``z``.
+
+    (At initialisation the decoder's up-sampling path damps the code's signal ~1000-fold relative to the image
+    channels concatenated at each scale; a large fully connected layer restores the code's influence.)
+    """
+    torch.manual_seed(seed)
+    model = CVAERegistration(ModelConfig(image_size=LATENT_SIZE, latent_dim=latent_dim, encoder_channels=(4, 4, 4, 2),
+                                         decoder_channels=(4, 4, 4), head_channels=4, kernel_smooth=7))
+    with torch.no_grad():
+        model.decoder.fc.weight.normal_(std=100.0)
+        model.decoder.velocity.weight.normal_(std=1.5)
+    return model.eval()
+
+
+@pytest.fixture
+def latent_cohort(tmp_path: Path) -> Path:
+    """Four training subjects (patient004 without labels) and one test subject, in ``tmp_path / "acdc"``."""
+    root = tmp_path / "acdc"
+    for number, group in ((1, "DCM"), (2, "HCM"), (3, "NOR")):
+        write_patient(root / "training", number, group=group, seed=number)
+    write_patient(root / "training", 4, group="RV", labels=False, seed=4)
+    write_patient(root / "testing", 101, group="MINF", seed=5)
+    return root
+
+
+@pytest.fixture
+def latent_checkpoint(tmp_path: Path) -> Path:
+    """:func:`latent_model` saved in ``tmp_path / "ckpt"`` (voxels of ``LATENT_SPACING``)."""
+    return save_checkpoint(tmp_path / "ckpt", latent_model(), spacing=LATENT_SPACING)
+
+
+@pytest.fixture
+def latent_pair(latent_cohort: Path) -> PreprocessedPair:
+    """The preprocessed (ES, ED) pair of ``patient001`` of :func:`latent_cohort` on the latent model's grid."""
+    return PairDataset(latent_cohort, "training", size=LATENT_SIZE, spacing=LATENT_SPACING).pair(0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# synthetic codes and images
+
+
+def cohort_posteriors(n: int = 40, d: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Posteriors of a cohort, as a trained encoder gives: ``mu, sigma (n, d)``, codes off the origin with
+    correlated, unequal spreads."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(d, d)) * np.linspace(1.0, 0.3, d)
+    mu = rng.normal(size=(n, d)) @ mixing.T + np.linspace(-1.5, 1.0, d)
+    return mu, rng.uniform(0.02, 0.3, size=(n, d))
+
+
+def ellipsoid_pair(shape, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fixed, moving)`` ``(1, 1, *shape)``: a bright ellipsoid (moving) and the same ellipsoid translated by
+    ``shift`` voxels along X (fixed)."""
+    x, y, z = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
+    c = [n / 2 for n in shape]
+
+    def blob(dx):
+        r = ((x - c[0] - dx) / 6) ** 2 + ((y - c[1]) / 5) ** 2 + ((z - c[2]) / 3) ** 2
+        return torch.sigmoid(4 * (1 - r))[None, None]
+
+    return blob(shift), blob(0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the app (test_app.py with AppTest, test_browser.py with a real browser)
+
+
+def app_environment(folder: Path, tiny_cohort: Path) -> dict[str, str]:
+    """Environment variables pointing the app at a cohort and a randomly initialised 128 x 128 x 32 checkpoint.
+
+    The cohort is the session's ``tiny_cohort`` with all 13 subjects linked under ``testing/``: every group has at
+    least 2 subjects, as the classification needs.
+    """
+    cohort = folder / "cohort" / "testing"
+    cohort.mkdir(parents=True)
+    for patient in sorted(tiny_cohort.glob("*/patient*")):
+        (cohort / patient.name).symlink_to(patient, target_is_directory=True)
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(folder / "random-checkpoint", CVAERegistration(),
+                                 training={"note": "random weights, for the app tests"})
+    return {"CVAE_DATA": str(cohort.parent), "CVAE_CHECKPOINT": str(checkpoint), "CVAE_CACHE": str(folder / "cache"),
+            "CVAE_RESULTS": str(folder / "results")}

@@ -18,55 +18,15 @@ from cvae.data.acdc import (
     read_info_cfg,
 )
 
-SHAPE = (24, 28, 6)
-SPACING = (1.5625, 1.5625, 10.0)
-
-
-def make_affine(spacing=SPACING) -> np.ndarray:
-    """A non-trivial voxel-to-world affine: axis 0 flipped, a small in-plane rotation, an offset."""
-    angle = np.deg2rad(20.0)
-    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag([-1.0, 1.0, 1.0]) @ np.diag(spacing)
-    affine[:3, 3] = [40.0, -25.0, 12.0]
-    return affine
-
-
-def heart_label(shape=SHAPE, centre=(13.0, 12.0, 3.0), radius=5.0) -> np.ndarray:
-    """Concentric LV (3) / myocardium (2) with an RV (1) blob beside it, uint8 ``shape``."""
-    x, y, z = np.indices(shape)
-    r = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2)
-    inside = np.abs(z - centre[2]) <= 2
-    label = np.zeros(shape, np.uint8)
-    label[(r < radius + 2) & inside] = 2
-    label[(r < radius) & inside] = 3
-    label[(np.sqrt((x - centre[0]) ** 2 + (y - centre[1] - radius - 5) ** 2) < 3) & inside] = 1
-    return label
-
-
-def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> None:
-    nib.save(nib.Nifti1Image(data, make_affine() if affine is None else affine), str(path))
-
-
-def write_patient(
-    split_dir: Path, number: int, group: str = "NOR", ed: int = 1, es: int = 9, labels: bool = True,
-    seed: int = 0, shape=SHAPE,
-) -> Path:
-    """Write ``split_dir/patientNNN`` with Info.cfg, ED/ES frames and (optionally) their ``_gt`` labels."""
-    subject = f"patient{number:03d}"
-    directory = split_dir / subject
-    directory.mkdir(parents=True)
-    (directory / "Info.cfg").write_text(
-        f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 180.0\nNbFrame: 30\nWeight: 80.0\n"
-    )
-    rng = np.random.default_rng(seed)
-    for frame, radius in ((ed, 5.0), (es, 3.5)):
-        label = heart_label(shape, radius=radius)
-        image = (100.0 * (label == 3) + 40.0 * (label > 0) + rng.normal(20.0, 5.0, shape)).astype(np.float32)
-        save_nifti(directory / f"{subject}_frame{frame:02d}.nii.gz", image)
-        if labels:
-            save_nifti(directory / f"{subject}_frame{frame:02d}_gt.nii.gz", label)
-    return directory
+from conftest import (
+    ACDC_SHAPE,
+    ACDC_SPACING,
+    acdc_affine,
+    heart_label,
+    save_nifti,
+    truncate_es_frame,
+    write_patient,
+)
 
 
 @pytest.fixture
@@ -122,16 +82,16 @@ def test_missing_root_empty_tree_and_bad_split(tmp_path: Path) -> None:
 def test_load_subject_values_and_missing_labels(tree: Path) -> None:
     p1, p2, _ = find_subjects(tree)
     subject = load_subject(p1)
-    assert subject.ed_image.dtype == np.float32 and subject.ed_image.shape == SHAPE
+    assert subject.ed_image.dtype == np.float32 and subject.ed_image.shape == ACDC_SHAPE
     assert subject.ed_label.dtype == np.uint8
     np.testing.assert_array_equal(subject.ed_label, heart_label(radius=5.0))
     np.testing.assert_array_equal(subject.es_label, heart_label(radius=3.5))
     written = nib.load(str(p1.es_image)).get_fdata()
     np.testing.assert_allclose(subject.es_image, written, rtol=1e-6)
-    np.testing.assert_allclose(subject.affine, make_affine())
-    np.testing.assert_allclose(subject.spacing, SPACING, rtol=1e-6)
+    np.testing.assert_allclose(subject.affine, acdc_affine())
+    np.testing.assert_allclose(subject.spacing, ACDC_SPACING, rtol=1e-6)
     unlabelled = load_subject(p2)
-    assert unlabelled.ed_label is None and unlabelled.es_label is None and unlabelled.es_image.shape == SHAPE
+    assert unlabelled.ed_label is None and unlabelled.es_label is None and unlabelled.es_image.shape == ACDC_SHAPE
 
 
 @pytest.mark.parametrize(
@@ -161,16 +121,9 @@ def test_read_info_cfg_types(tmp_path: Path) -> None:
     }
 
 
-def _break_truncate(directory: Path) -> Path:
-    path = directory / "patient005_frame09.nii.gz"
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
 def _break_shape(directory: Path) -> Path:
     path = directory / "patient005_frame01_gt.nii.gz"
-    save_nifti(path, np.zeros((SHAPE[0], SHAPE[1], SHAPE[2] + 1), np.uint8))
+    save_nifti(path, np.zeros((ACDC_SHAPE[0], ACDC_SHAPE[1], ACDC_SHAPE[2] + 1), np.uint8))
     return path
 
 
@@ -190,7 +143,7 @@ def _break_missing_frame(directory: Path) -> Path:
 
 def _break_nan(directory: Path) -> Path:
     path = directory / "patient005_frame01.nii.gz"
-    image = np.ones(SHAPE, np.float32)
+    image = np.ones(ACDC_SHAPE, np.float32)
     image[3, 4, 2] = np.nan
     save_nifti(path, image)
     return path
@@ -205,7 +158,7 @@ def _break_not_gzip(directory: Path) -> Path:
 @pytest.mark.parametrize(
     ("breaker", "message"),
     [
-        (_break_truncate, "corrupt"),
+        (truncate_es_frame, "corrupt"),
         (_break_not_gzip, "corrupt"),
         (_break_shape, "does not match"),
         (_break_label_values, r"label values must be in \{0,1,2,3\}, found \[7.0\]"),
@@ -224,7 +177,7 @@ def test_broken_files_raise_naming_the_file(tmp_path: Path, breaker, message: st
 
 def test_load_cohort_skips_bad_subjects_with_warning(tree: Path) -> None:
     (tree / "training" / "patient002" / "Info.cfg").write_text("ED: 2\nES: 10\nGroup: ABC\n")
-    _break_truncate(write_patient(tree / "training", 5, ed=1, es=9))
+    truncate_es_frame(write_patient(tree / "training", 5, ed=1, es=9))
     with pytest.warns(UserWarning) as record:
         subjects = list(load_cohort(tree))
     assert [s.info.subject for s in subjects] == ["patient001", "patient101"]
@@ -241,15 +194,15 @@ def test_load_cohort_skips_bad_subjects_with_warning(tree: Path) -> None:
 
 def test_load_nifti_shapes_and_4d_hint(tmp_path: Path) -> None:
     cine = tmp_path / "cine.nii.gz"
-    save_nifti(cine, np.zeros(SHAPE + (30,), np.float32))
+    save_nifti(cine, np.zeros(ACDC_SHAPE + (30,), np.float32))
     with pytest.raises(ACDCError, match=r"4-D \(X,Y,Z,T\)=\(24, 28, 6, 30\); pick one frame.*slicer") as err:
         load_nifti(cine)
     assert "cine.nii.gz" in str(err.value)
     single = tmp_path / "single.nii"
-    save_nifti(single, np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE + (1,)))
+    save_nifti(single, np.arange(np.prod(ACDC_SHAPE), dtype=np.float32).reshape(ACDC_SHAPE + (1,)))
     data, affine, spacing = load_nifti(single)
-    assert data.shape == SHAPE and data[1, 0, 0] == SHAPE[1] * SHAPE[2]
-    np.testing.assert_allclose(spacing, SPACING, rtol=1e-6)
+    assert data.shape == ACDC_SHAPE and data[1, 0, 0] == ACDC_SHAPE[1] * ACDC_SHAPE[2]
+    np.testing.assert_allclose(spacing, ACDC_SPACING, rtol=1e-6)
     flat = tmp_path / "flat.nii.gz"
     save_nifti(flat, np.zeros((10, 12), np.float32))
     with pytest.raises(ACDCError, match=r"flat.nii.gz: expected a 3-D volume"):

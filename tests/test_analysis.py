@@ -12,11 +12,7 @@ from cvae.data.labels import GROUPS
 from cvae.latent import mu_columns
 from cvae.latent.analysis import OneHotCCA, classify, make_classifier, project
 
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CVAE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def code_table(per_group: int, d: int, seed: int = 0, separation: float = 0.0,
@@ -99,13 +95,20 @@ def test_bad_cohorts_give_clear_errors() -> None:
         classify(code_table(4, 4).drop(columns=["mu_1"]))
 
 
-def test_projections_and_their_cache(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+def test_projections_and_their_cache(monkeypatch: pytest.MonkeyPatch, isolated_cache: Path) -> None:
+    cache = isolated_cache
     table = code_table(5, 6, separation=5.0)
     for method in ("pca", "cca"):
         xy = project(table, method)
         assert list(xy.columns) == ["x", "y", "subject", "group"] and len(xy) == 25
         assert xy["subject"].tolist() == table["subject"].tolist() and xy["group"].tolist() == table["group"].tolist()
-        assert np.isfinite(xy[["x", "y"]].to_numpy()).all() and xy["x"].std() > 0 and xy["y"].std() > 0
+    # PCA: the scores on the two leading principal axes of the centred codes (numpy SVD), each up to its sign
+    centred = table[mu_columns(6)].to_numpy(float) - table[mu_columns(6)].to_numpy(float).mean(axis=0)
+    scores = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    xy = project(table, "pca")
+    for k, column in enumerate(("x", "y")):
+        sign = np.sign(np.dot(scores[:, k], xy[column]))
+        np.testing.assert_allclose(xy[column], sign * scores[:, k], atol=1e-8)
     # Separated groups land apart on the CCA plane: group centroids far beyond the within-group spread.
     xy = project(table, "cca")
     centres = xy.groupby("group")[["x", "y"]].mean()
@@ -127,7 +130,7 @@ def test_projections_and_their_cache(monkeypatch: pytest.MonkeyPatch, cache: Pat
 
 
 @pytest.mark.slow
-def test_umap_projection_is_reproducible(cache: Path) -> None:
+def test_umap_projection_is_reproducible() -> None:
     # The first UMAP call compiles numba code (~10-30 s).
     table = code_table(5, 6, separation=5.0)
     first = project(table, "umap", seed=3, cache=False)

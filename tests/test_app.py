@@ -21,36 +21,29 @@ from cvae.app import checkpoints as K
 from cvae.app import cohort as H
 from cvae.app import compute, export
 from cvae.app import widgets as W
-from cvae.checkpoint import save_checkpoint
+from cvae.checkpoint import load_model, save_checkpoint
 from cvae.data.acdc import find_subjects
 from cvae.data.dataset import PairDataset
+from cvae.data.grid import DEFAULT_SIZE, DEFAULT_SPACING
 from cvae.data.labels import STRUCTURES
 from cvae.evaluation.evaluate import write_results
-from cvae.evaluation.metrics import structure_scores
+from cvae.fields import image_tensor
 from cvae.latent.refine import refine_code
 from cvae.model import CVAERegistration
 
-from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING
+from conftest import (
+    TINY_MODEL,
+    TINY_SIZE,
+    TINY_SPACING,
+    app_environment,
+    dice_by_hand,
+    folding_by_hand,
+    nearest_warp,
+    write_patient,
+)
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 180
-
-
-def app_environment(folder: Path, tiny_cohort: Path) -> dict[str, str]:
-    """Environment variables pointing the app at a cohort and a randomly initialised 128 x 128 x 32 checkpoint.
-
-    The cohort is the session's ``tiny_cohort`` (conftest) with all 13 subjects linked under ``testing/``: every
-    group has at least 2 subjects, as the classification needs.
-    """
-    cohort = folder / "cohort" / "testing"
-    cohort.mkdir(parents=True)
-    for patient in sorted(tiny_cohort.glob("*/patient*")):
-        (cohort / patient.name).symlink_to(patient, target_is_directory=True)
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(folder / "random-checkpoint", CVAERegistration(),
-                                 training={"note": "random weights, for the app tests"})
-    return {"CVAE_DATA": str(cohort.parent), "CVAE_CHECKPOINT": str(checkpoint), "CVAE_CACHE": str(folder / "cache"),
-            "CVAE_RESULTS": str(folder / "results")}
 
 
 @pytest.fixture(scope="session")
@@ -128,16 +121,60 @@ def test_home_says_when_a_checkpoint_was_fine_tuned_with_labels(env, monkeypatch
     assert any("labels in the loss (Dice weight 80000)" in c for c in captions), captions
 
 
-def test_register_page_registers_shows_metrics_and_follows_the_slice_slider(env):
+#: Voxels along X of the transform of ``translation_checkpoint``.
+TRANSLATION = 4.0
+
+
+@pytest.fixture(scope="module")
+def translation_checkpoint(tmp_path_factory) -> Path:
+    """A random paper-sized model whose decoder's velocity is the constant (4, 0, 0) voxels whatever the pair: after
+    the Gaussian smoothing (zero padding: it fades within 7 voxels of the borders) and exp, the translation by 4
+    voxels along X away from the borders."""
+    torch.manual_seed(0)
+    model = CVAERegistration()
+    with torch.no_grad():
+        model.decoder.velocity.weight.zero_()
+        model.decoder.velocity.bias.copy_(torch.tensor([TRANSLATION, 0.0, 0.0]))
+    return save_checkpoint(tmp_path_factory.mktemp("translation") / "translation", model,
+                           training={"note": "a constant velocity, for the app tests"})
+
+
+def test_register_page_registers_shows_metrics_and_follows_the_slice_slider(env, translation_checkpoint,
+                                                                            monkeypatch):
+    monkeypatch.setenv("CVAE_CHECKPOINT", str(translation_checkpoint))
     at = open_page("register")
     assert_clean(at)
     subject = at.selectbox(key="register_subject").value
+    # The same pair and transform, computed here: the preprocessed pair (on the checkpoint's grid) and the model's
+    # displacement, then the ED labels moved by it with numpy and Dice counted by hand.
+    model = load_model(translation_checkpoint, "cpu")
+    pair = PairDataset(env["CVAE_DATA"], None, DEFAULT_SIZE, DEFAULT_SPACING, subjects=[subject]).pair(0)
+    with torch.no_grad():
+        u = model.register(image_tensor(pair.fixed), image_tensor(pair.moving), inverse=False).displacement
+    u = u[0].numpy()
+    inner = np.zeros(DEFAULT_SIZE, bool)
+    inner[7:-7, 7:-7, 7:-7] = True
+    heart = ((pair.moving_label > 0) | (pair.fixed_label > 0)) & inner
+    assert heart.sum() > 1000
+    np.testing.assert_allclose(u[:, heart], np.array([[TRANSLATION], [0.0], [0.0]]).repeat(heart.sum(), 1),
+                               atol=1e-4)  # the heart away from the borders moves by exactly the translation
+    warped = nearest_warp(pair.moving_label, u)
+    before, after = {}, {}
+    for structure, values in STRUCTURES.items():
+        fixed = np.isin(pair.fixed_label, values)
+        before[structure] = 100 * dice_by_hand(np.isin(pair.moving_label, values), fixed)
+        after[structure] = 100 * dice_by_hand(np.isin(warped, values), fixed)
+    table = at.dataframe[0].value.set_index("structure")
+    assert list(table.index) == [*STRUCTURES, "mean"]
+    for structure in STRUCTURES:
+        assert table.loc[structure, "Dice before (%)"] == pytest.approx(before[structure], abs=1e-6), structure
+        assert table.loc[structure, "Dice after (%)"] == pytest.approx(after[structure], abs=1e-6), structure
+    mean_before, mean_after = np.mean(list(before.values())), np.mean(list(after.values()))
+    assert table.loc["mean", "Dice after (%)"] == pytest.approx(mean_after, abs=1e-6)
+    assert abs(mean_after - mean_before) > 1.0  # the labels were moved: not the unregistered scores
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["folding (det J ≤ 0)"].endswith("%") and metrics["mean Dice"].endswith("%")
-    table = at.dataframe[0].value
-    assert list(table["structure"]) == [*STRUCTURES, "mean"]
-    # a random network barely moves anything: Dice after registration ~ Dice before
-    assert np.allclose(table["Dice after (%)"], table["Dice before (%)"], atol=1.0)
+    assert metrics["mean Dice"] == f"{mean_after:.1f} %"
+    assert metrics["folding (det J ≤ 0)"] == f"{100 * folding_by_hand(u):.3f} %"
     (figure,) = charts(at)
     assert {t["name"] for t in figure["data"] if t["type"] == "heatmap"} >= {"fixed", "det J", "|u|"}
     slider = at.slider(key="register_slice_axial")
@@ -146,6 +183,7 @@ def test_register_page_registers_shows_metrics_and_follows_the_slice_slider(env)
     assert_clean(at)
     (moved,) = charts(at)
     assert not np.array_equal(trace_z(moved, "fixed"), trace_z(figure, "fixed"))
+    np.testing.assert_allclose(trace_z(moved, "fixed"), pair.fixed[:, :, 5].T, atol=1e-6)  # rows Y, columns X
     assert at.selectbox(key="register_subject").value == subject
     assert len(at.get("download_button")) == 1
     at.select_slider(key="register_refine").set_value(10).run()
@@ -170,7 +208,7 @@ def test_register_page_refuses_bad_uploads_with_a_message(env):
     for upload, message in cases:
         at.file_uploader(key="upload_fixed").set_value(("es.nii.gz", nifti_bytes(volume), "application/gzip"))
         at.file_uploader(key="upload_moving").set_value(upload)
-        at.button[0].click().run()
+        at.form_submit_button(key="upload_submit").click().run()
         assert not at.exception, [e.value for e in at.exception]
         errors = [e.value for e in at.error]
         assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0], (message, errors)
@@ -186,7 +224,7 @@ def test_register_page_registers_an_uploaded_pair(env):
     frames = sorted(p for p in cohort.glob("patient001_frame??.nii.gz"))
     at.file_uploader(key="upload_fixed").set_value((frames[1].name, frames[1].read_bytes(), "application/gzip"))
     at.file_uploader(key="upload_moving").set_value((frames[0].name, frames[0].read_bytes(), "application/gzip"))
-    at.button[0].click().run()
+    at.form_submit_button(key="upload_submit").click().run()
     assert_clean(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["mean Dice"] == "n/a"  # no segmentations uploaded
@@ -204,20 +242,36 @@ def test_latent_walk_sliders_change_the_decoded_deformation(env):
     assert_clean(at)
     after = charts(at)[0]
     assert not np.array_equal(trace_z(after, "|u|"), trace_z(before, "|u|"))
-    at.button[2].click().run()  # sample from the prior
+    at.button(key="walk_prior").click().run()
     prior = np.array([at.slider(key=f"walk_z_{i}").value for i in range(16)])
     assert not np.allclose(prior, mu)
-    at.button[3].click().run()  # sample like the cohort: a code drawn from the fit of the cohort's codes
+    at.button(key="walk_cohort").click().run()  # a code drawn from the fit of the cohort's codes
     assert_clean(at)
     like_cohort = np.array([at.slider(key=f"walk_z_{i}").value for i in range(16)])
     assert not np.allclose(like_cohort, prior) and not np.allclose(like_cohort, mu)
-    at.button[0].click().run()  # reset to mu
+    at.button(key="walk_reset").click().run()
     np.testing.assert_allclose([at.slider(key=f"walk_z_{i}").value for i in range(16)], mu)
+    at.button(key="walk_posterior").click().run()  # a draw of q(z | ES, ED): sigma = 0.05 for this random encoder
+    posterior = np.array([at.slider(key=f"walk_z_{i}").value for i in range(16)])
+    assert not np.allclose(posterior, mu) and np.abs(posterior - mu).max() < 0.5
     metric_labels = [m.label for m in at.metric]
     assert "LV ejection fraction" in metric_labels
 
 
-def test_latent_walk_animation_and_uncertainty(env):
+@pytest.fixture(scope="module")
+def wide_posterior_checkpoint(tmp_path_factory) -> Path:
+    """A random model on the tiny grid whose code changes the deformation clearly and whose posterior is N(mu, I)."""
+    torch.manual_seed(0)
+    model = CVAERegistration(**TINY_MODEL)
+    with torch.no_grad():
+        model.decoder.fc.weight.normal_(std=30.0)
+        model.decoder.velocity.weight.normal_(std=1.0)
+        model.encoder.logvar.bias.zero_()
+    return save_checkpoint(tmp_path_factory.mktemp("wide") / "wide-posterior", model, spacing=TINY_SPACING)
+
+
+def test_latent_walk_animation_and_uncertainty(env, wide_posterior_checkpoint, monkeypatch):
+    monkeypatch.setenv("CVAE_CHECKPOINT", str(wide_posterior_checkpoint))
     at = open_page("latent_walk")
     at.select_slider(key="walk_anim_frames").set_value(5)
     at.toggle(key="walk_anim_on").set_value(True)
@@ -227,7 +281,23 @@ def test_latent_walk_animation_and_uncertainty(env):
     animation = next(c for c in charts(at) if c.get("frames"))
     assert len(animation["frames"]) == 5 and len(animation["layout"]["sliders"][0]["steps"]) == 5
     uncertainty = next(c for c in charts(at) if any(t.get("name") == "std" for t in c["data"]))
-    assert np.all(trace_z(uncertainty, "std") >= 0)
+    shown = trace_z(uncertainty, "std")
+    # The std (mm) over k = 4 codes mu + sigma * eps (eps of seed 0) decoded here, numpy's unbiased std per axis.
+    subject, index = at.selectbox(key="walk_subject").value, at.slider(key="walk_unc_slice").value
+    model = load_model(wide_posterior_checkpoint, "cpu")
+    pair = PairDataset(env["CVAE_DATA"], None, TINY_SIZE, TINY_SPACING, subjects=[subject]).pair(0)
+    fixed, moving = image_tensor(pair.fixed), image_tensor(pair.moving)
+    with torch.no_grad():
+        mu, logvar = model.encode(fixed, moving)
+        z = mu + torch.randn(4, mu.shape[1], generator=torch.Generator().manual_seed(0)) * torch.exp(0.5 * logvar)
+        u = model.decode(z, moving).displacement.double().numpy()
+    u_mm = u * np.asarray(TINY_SPACING).reshape(1, 3, 1, 1, 1)
+    std = np.sqrt(u_mm.var(axis=0, ddof=1).sum(axis=0))
+    expected = std[:, :, index].T  # the axial slice: rows along Y, columns along X
+    assert index == TINY_SIZE[2] // 2 and shown.shape == expected.shape
+    assert expected.max() > 1.0  # mm: a real spread, not float rounding
+    np.testing.assert_allclose(shown, expected, rtol=1e-4, atol=1e-4)
+    assert any(f"Mean std over the volume: {std.mean():.3f} mm" in c.value for c in at.caption)
 
 
 def test_transport_compares_source_target_and_simulation(env):
@@ -272,12 +342,12 @@ def test_embedding_projects_classifies_and_opens_a_subject(env):
     assert {t["name"] for t in scatter["data"]} == {"NOR", "DCM", "HCM", "MINF", "RV"} and points == 13
     labels = [m.label for m in at.metric]
     assert any(label.startswith("leak-free accuracy") for label in labels) and "paper's protocol (leaky)" in labels
-    at.get("button_group")[0].set_value("pca").run()
+    at.button_group(key="embedding_method").set_value("pca").run()
     assert_clean(at)
     assert charts(at)[0]["layout"]["xaxis"]["title"]["text"] == "PC 1"
     subject = at.selectbox(key="embedding_pick").options[3]
     at.selectbox(key="embedding_pick").set_value(subject)
-    next(b for b in at.button if "Register" in b.label).click().run()
+    at.button(key="embedding_open").click().run()
     assert_clean(at)
     assert at.title[0].value == "Register"
     assert at.selectbox(key="register_subject").value == subject
@@ -299,10 +369,10 @@ def test_benchmark_reads_results_and_runs_a_small_evaluation(env):
     summary = at.dataframe[0].value
     assert list(summary.index) == ["cvae", "demons"] and list(summary["cases"]) == [3, 3]
     dice = charts(at)[0]
-    at.get("button_group")[0].set_value("hd95").run()
+    at.button_group(key="benchmark_metric").set_value("hd95").run()
     assert charts(at)[0] != dice
     at.multiselect(key="benchmark_methods").set_value(["identity"])
-    next(b for b in at.button if b.label == "Run the evaluation").click().run()
+    at.button(key="benchmark_run").click().run()
     assert_clean(at)
     quick = pd.read_csv(Path(env["CVAE_RESULTS"]) / "app-limit5" / "cases.csv")
     assert set(quick["method"]) == {"identity"} and quick["subject"].nunique() == 5
@@ -372,6 +442,23 @@ def test_first_start_writes_the_demo_cohort_with_a_progress_bar(env, tmp_path, m
     assert int(at.dataframe[0].value.to_numpy().sum()) == 2
 
 
+def test_demo_cohort_is_not_written_over_a_folder_with_other_files(tmp_path):
+    root = tmp_path / "cohort"
+    (root / "training").mkdir(parents=True)  # an ACDC-like split folder, but no patient in it
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files but no patient folder") as info:
+        H.create_demo_cohort(root)
+    assert str(info.value).startswith(str(root)) and "\n" not in str(info.value)
+    assert sorted(p.name for p in root.iterdir()) == ["notes.txt", "training"]
+    assert (root / "notes.txt").read_text() == "mine" and list((root / "training").iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["cohort"]  # no temporary folder left beside it
+    # a folder that holds a cohort already is left as it is
+    write_patient(tmp_path / "acdc" / "testing", 7)
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "acdc").rglob("*"))
+    assert H.create_demo_cohort(tmp_path / "acdc") == tmp_path / "acdc"
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "acdc").rglob("*")) == files
+
+
 def test_guard_turns_exceptions_into_one_line_messages(caplog):
     assert W.friendly_message(ValueError("bad input: do this\nsecond line")) == "bad input: do this"
     message = W.friendly_message(RuntimeError("boom"))
@@ -405,18 +492,54 @@ def tiny_setup(tiny_cohort, tmp_path_factory):
 
 
 def test_register_pair_measures_before_and_after(tiny_setup):
-    model, _, pair = tiny_setup
+    """Dice before and after against hand counts, on a model whose deformation is large and folds in places."""
+    _, _, pair = tiny_setup
+    torch.manual_seed(0)
+    model = CVAERegistration(**{**TINY_MODEL, "n_steps": 1}).eval()  # one squaring: a crude exp that can fold
+    with torch.no_grad():
+        model.decoder.velocity.weight.normal_(std=6.0)
+        expected = model.register(image_tensor(pair.fixed), image_tensor(pair.moving), inverse=False)
     registration = compute.register_pair(model, pair)
     v = registration.volumes
     assert v.warped.shape == TINY_SIZE and v.displacement.shape == (3, *TINY_SIZE)
-    before = structure_scores(pair.moving_label, pair.fixed_label, pair.spacing)
-    after = structure_scores(v.warped_label, pair.fixed_label, pair.spacing)
+    u = expected.displacement[0].numpy()
+    np.testing.assert_allclose(v.displacement, u, atol=1e-6)
+    assert np.abs(u).max() > 3.0  # voxels: a large deformation
+    warped = nearest_warp(pair.moving_label, u)
+    np.testing.assert_array_equal(v.warped_label, warped)
+    assert v.warped_label.dtype == np.uint8
     table = registration.metrics.set_index("structure")
-    for name in STRUCTURES:
-        assert table.loc[name, "Dice before (%)"] == pytest.approx(100 * before[name]["dice"])
-        assert table.loc[name, "Dice after (%)"] == pytest.approx(100 * after[name]["dice"])
+    for name, values in STRUCTURES.items():
+        fixed = np.isin(pair.fixed_label, values)
+        before = dice_by_hand(np.isin(pair.moving_label, values), fixed)
+        after = dice_by_hand(np.isin(warped, values), fixed)
+        assert table.loc[name, "Dice before (%)"] == pytest.approx(100 * before, abs=1e-9)
+        assert table.loc[name, "Dice after (%)"] == pytest.approx(100 * after, abs=1e-9)
+    assert not np.allclose(table["Dice after (%)"], table["Dice before (%)"], atol=1.0)
     assert table.loc["mean", "Dice after (%)"] == pytest.approx(table.loc[list(STRUCTURES), "Dice after (%)"].mean())
-    assert 0 <= registration.summary["folding %"] <= 100 and registration.sigma.shape == (model.config.latent_dim,)
+    folding = 100 * folding_by_hand(u)
+    assert folding > 0.1  # percent: this transform folds
+    assert registration.summary["folding %"] == pytest.approx(folding, abs=1e-9)
+    with torch.no_grad():
+        _, logvar = model.encode(image_tensor(pair.fixed), image_tensor(pair.moving))
+    np.testing.assert_allclose(registration.sigma, torch.exp(0.5 * logvar[0]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(registration.mu, expected.mu[0].numpy(), rtol=1e-6)
+
+
+def test_structure_table_mean_row_is_the_mean_of_the_structure_rows(tiny_setup):
+    _, _, pair = tiny_setup
+    no_rv = [np.where(label == 1, 0, label) for label in (pair.moving_label, pair.fixed_label)]
+    warped = np.roll(no_rv[0], 1, axis=0)
+    with pytest.warns(UserWarning, match="RV"):  # RV is empty in every map: nan, left out of the means
+        table = compute.structure_table(no_rv[0], warped, no_rv[1], pair.spacing).set_index("structure")
+    assert list(table.index) == [*STRUCTURES, "mean"]
+    assert table.loc["RV"].isna().all()
+    for column in ("Dice before (%)", "Dice after (%)", "HD95 before (mm)", "HD95 after (mm)"):
+        rows = table.loc[list(STRUCTURES), column].to_numpy(float)
+        assert table.loc["mean", column] == pytest.approx(np.nanmean(rows), abs=1e-12)
+    hand = 100 * dice_by_hand(np.isin(warped, (2, 3)), np.isin(no_rv[1], (2, 3)))
+    assert table.loc["LV epicardium", "Dice after (%)"] == pytest.approx(hand, abs=1e-9)
+    assert table.loc["LV epicardium", "Dice after (%)"] != table.loc["LV epicardium", "Dice before (%)"]
 
 
 def test_register_pair_with_a_refined_code(tiny_setup):

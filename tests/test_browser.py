@@ -14,7 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_app import app_environment
+
+from conftest import app_environment
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent

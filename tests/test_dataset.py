@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_acdc import _break_truncate, write_patient
 from torch.utils.data import DataLoader
 
 import cvae.data.dataset as dataset_module
@@ -17,6 +16,8 @@ from cvae.data.augment import AugmentParams, augment_batch
 from cvae.data.dataset import PairDataset, cache_key
 from cvae.data.labels import GROUPS
 from cvae.paths import cache_root
+
+from conftest import truncate_es_frame, write_patient
 
 SIZE = (24, 24, 8)
 SPACING = (2.0, 2.0, 6.0)
@@ -107,7 +108,7 @@ def test_cache_location_key(root: Path, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_bad_subjects_are_skipped_with_warning(root: Path, tmp_path: Path) -> None:
-    _break_truncate(write_patient(root / "training", 5, ed=1, es=9))
+    truncate_es_frame(write_patient(root / "training", 5, ed=1, es=9))
     (root / "training" / "patient002" / "Info.cfg").write_text("ED: 1\nES: 9\nGroup: nope\n")
     with pytest.warns(UserWarning, match="patient002.*unknown group"):
         data = make(root, tmp_path)

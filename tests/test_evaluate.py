@@ -13,13 +13,16 @@ import torch
 
 from cvae.checkpoint import save_checkpoint
 from cvae.data.dataset import PairDataset
+from cvae.data.grid import DEFAULT_SIZE, DEFAULT_SPACING
 from cvae.data.labels import STRUCTURES
 from cvae.evaluation.evaluate import (
     CASE_COLUMNS,
     MEAN_STRUCTURE,
+    build_methods,
     evaluate_pair,
     evaluation_grid,
     main,
+    run_evaluation,
     summarise,
     summary_markdown,
 )
@@ -28,7 +31,7 @@ from cvae.evaluation.metrics import dice, hd95
 from cvae.methods import MethodResult
 from cvae.model import CVAERegistration, ModelConfig
 
-from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING
+from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING, dice_by_hand
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +130,46 @@ def test_summary_handles_single_cases_and_empty_structures():
     assert summary[summary["structure"] == MEAN_STRUCTURE].iloc[0]["dice_mean"] == pytest.approx(0.5)
     assert summary.iloc[0]["folding_percent"] == pytest.approx(1.0)
     assert "n/a" in summary_markdown(summary)
+
+
+def test_run_evaluation_of_the_identity_writes_tables_whose_notes_name_the_data_and_grid(tiny_cohort, tiny_cache,
+                                                                                          tmp_path):
+    methods, skipped = build_methods(["identity", "voxelmorph"], voxelmorph_checkpoint=str(tmp_path / "no-vxm"))
+    assert [m.name for m in methods] == ["identity"] and len(skipped) == 1 and "voxelmorph" in skipped[0]
+    out = tmp_path / "identity"
+    cases, paths = run_evaluation(tiny_cohort, methods, out, "testing", limit=2, cache_dir=tiny_cache,
+                                  title="Identity check", skipped=skipped, progress=False)
+    assert {"cases.csv", "summary.csv", "summary.md"} <= set(paths) and all(p.parent == out for p in paths.values())
+    written = pd.read_csv(out / "cases.csv", dtype={"subject": str})
+    pd.testing.assert_frame_equal(written, cases.astype({"subject": str}), check_dtype=False)
+    # no method with a grid of its own: the paper's grid; the identity's scores are the unregistered pair's
+    dataset = PairDataset(tiny_cohort, "testing", DEFAULT_SIZE, DEFAULT_SPACING, cache_dir=tiny_cache)
+    assert sorted(cases["subject"].unique()) == dataset.subjects[:2]
+    for index, subject in enumerate(dataset.subjects[:2]):
+        pair = dataset.pair(index)
+        for structure, values in STRUCTURES.items():
+            row = cases[(cases["subject"] == subject) & (cases["structure"] == structure)].iloc[0]
+            expected = dice_by_hand(np.isin(pair.moving_label, values), np.isin(pair.fixed_label, values))
+            assert row["dice"] == pytest.approx(expected, abs=1e-12, nan_ok=True)
+    summary = pd.read_csv(out / "summary.csv")
+    mean_row = summary[summary["structure"] == MEAN_STRUCTURE].iloc[0]
+    assert mean_row["n"] == 2 and mean_row["dice_mean"] == pytest.approx(cases.groupby("subject")["dice"].mean().mean())
+    text = (out / "summary.md").read_text()
+    assert text.startswith("# Identity check\n")
+    assert (f"- data: {tiny_cohort} (testing), 2 cases; metrics on the preprocessed grid (128x128x32 voxels of "
+            "1.5 x 1.5 x 3.15 mm), identical for every method") in text
+    assert f"- {skipped[0]}" in text
+
+
+def test_run_evaluation_without_a_method_that_can_run_is_a_one_line_error(tiny_cohort, tmp_path):
+    methods, skipped = build_methods(["voxelmorph"], voxelmorph_checkpoint=str(tmp_path / "no-vxm"))
+    assert methods == []
+    message = r"^none of the requested methods can run here \(skipping voxelmorph: "
+    with pytest.raises(ValueError, match=message) as info:
+        run_evaluation(tiny_cohort, methods, tmp_path / "out", skipped=skipped, progress=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="^none of the requested methods can run here$"):
+        run_evaluation(tiny_cohort, [], tmp_path / "out", progress=False)
 
 
 class _Shift:

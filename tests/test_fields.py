@@ -13,10 +13,14 @@ from cvae.fields import (
     gaussian_kernel1d,
     gaussian_smooth,
     identity_grid,
+    image_tensor,
     jacobian_determinant,
     steps_for,
     warp,
+    warp_labels,
 )
+
+from conftest import folding_by_hand, nearest_warp
 
 SHAPE = (24, 20, 16)
 
@@ -149,3 +153,51 @@ def test_non_finite_velocity_with_automatic_steps_raises():
     v[0, 0, 1, 1, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         exponentiate(v, None)
+
+
+@pytest.mark.parametrize("layout", [lambda v: v, lambda v: v[None], lambda v: v[None, None]])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_image_tensor_accepts_one_volume_in_any_layout(layout, as_tensor):
+    volume = np.arange(4 * 3 * 2, dtype=np.uint8).reshape(4, 3, 2)  # a label map: uint8 in, float32 out
+    given = layout(torch.from_numpy(volume) if as_tensor else volume)
+    t = image_tensor(given, "cpu", shape=(4, 3, 2))
+    assert t.shape == (1, 1, 4, 3, 2) and t.dtype == torch.float32 and t.device.type == "cpu"
+    np.testing.assert_array_equal(t[0, 0].numpy(), volume.astype(np.float32))
+
+
+@pytest.mark.parametrize("volume, shape, message", [
+    (np.zeros((4, 3, 2)), (4, 3, 4), r"^fixed is \(4, 3, 2\) voxels but the model expects \(4, 3, 4\): preprocess"),
+    (np.zeros((2, 4, 3, 2)), None, r"^fixed must be one volume .* got shape \(2, 4, 3, 2\)$"),
+    (np.zeros((1, 1, 1, 4, 3, 2)), None, r"^fixed must be one volume"),
+    (np.zeros((4, 3)), (4, 3, 1), r"^fixed must be one volume .* got shape \(4, 3\)$"),  # a 2-D slice is no volume
+])
+def test_image_tensor_refuses_other_shapes_with_one_line(volume, shape, message):
+    with pytest.raises(ValueError, match=message) as info:
+        image_tensor(volume, shape=shape, name="fixed")
+    assert "\n" not in str(info.value)
+
+
+def test_warp_labels_by_an_integer_shift_is_numpy_slicing():
+    gen = torch.Generator().manual_seed(6)
+    labels = torch.randint(0, 4, (1, 1, 10, 9, 6), generator=gen)  # int64 in
+    u = torch.zeros(1, 3, 10, 9, 6)
+    u[:, 0], u[:, 1] = 2.0, -1.0
+    moved = warp_labels(labels, u)
+    assert moved.dtype == torch.uint8 and moved.shape == (1, 1, 10, 9, 6)
+    # L(x + 2 e_X - e_Y): index i + 2 along X and j - 1 along Y, clamped to the volume (border padding)
+    padded = np.pad(labels[0, 0].numpy(), ((0, 2), (1, 0), (0, 0)), mode="edge")
+    np.testing.assert_array_equal(moved[0, 0].numpy(), padded[2:, :-1, :])
+    # one label map, a batch of fields: one warped map per field, values exactly those of nearest neighbours
+    noisy = torch.rand(3, 3, 10, 9, 6, generator=gen) * 4 - 2
+    batch = warp_labels(labels.to(torch.uint8), noisy)
+    assert batch.shape == (3, 1, 10, 9, 6) and batch.dtype == torch.uint8
+    for b in range(3):
+        np.testing.assert_array_equal(batch[b, 0].numpy(), nearest_warp(labels[0, 0].numpy(), noisy[b].numpy()))
+
+
+def test_jacobian_determinant_counts_the_folding_of_numpy_finite_differences():
+    u = smooth_random_field(SHAPE, max_norm=6.0, seed=7, sigma=1.5)  # strong enough to fold in places
+    det = jacobian_determinant(u)
+    fraction = float((det <= 0).double().mean())
+    assert 0.001 < fraction < 0.5
+    assert fraction == folding_by_hand(u[0].numpy())

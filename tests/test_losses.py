@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import convolve1d
 
 from cvae.fields import gaussian_kernel1d, gaussian_smooth
-from cvae.losses import kl_divergence, local_cross_correlation, soft_label_dice, symmetric_lcc
+from cvae.losses import LCC_EPS, kl_divergence, local_cross_correlation, objective, soft_label_dice, symmetric_lcc
 
 SHAPE = (16, 16, 12)
 
@@ -104,3 +105,49 @@ def test_soft_label_dice_has_a_gradient_and_counts_absent_labels_as_one():
     assert float(one) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="labels must both be"):
         soft_label_dice(labels[0], labels[0], u, 4)
+
+
+def numpy_lcc(a: np.ndarray, b: np.ndarray, sigma: float, kernel_size: int, eps: float = LCC_EPS) -> float:
+    """Mean of ``cov^2 / (var_a var_b + eps)`` with local statistics under a truncated Gaussian window of
+    ``kernel_size`` taps, renormalised to the voxels inside the volume (normalised convolution), by scipy."""
+    x = np.arange(kernel_size) - (kernel_size - 1) / 2
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+
+    def local_mean(v: np.ndarray) -> np.ndarray:
+        num, den = v, np.ones_like(v)
+        for axis in range(3):
+            num = convolve1d(num, kernel, axis=axis, mode="constant")
+            den = convolve1d(den, kernel, axis=axis, mode="constant")
+        return num / den
+
+    mean_a, mean_b = local_mean(a), local_mean(b)
+    cov = local_mean(a * b) - mean_a * mean_b
+    var_a, var_b = local_mean(a * a) - mean_a ** 2, local_mean(b * b) - mean_b ** 2
+    return float((cov ** 2 / (var_a * var_b + eps)).mean())
+
+
+def test_objective_without_motion_is_lam_times_one_minus_the_lcc_of_the_images_plus_the_penalty():
+    f, m = torch.cat([smooth_image(8), smooth_image(9)]), torch.cat([smooth_image(10), smooth_image(11)])
+    penalty = torch.tensor([0.7, 3.0], dtype=torch.float64)
+    energy = objective(f, m, torch.zeros(2, 3, *SHAPE, dtype=torch.float64), penalty, lam=40.0, sigma=1.5,
+                       kernel_size=7)
+    lcc = np.array([numpy_lcc(f[i, 0].numpy(), m[i, 0].numpy(), 1.5, 7) for i in range(2)])
+    assert 0.05 < lcc.min() and lcc.max() < 0.9  # neither unrelated nor identical images
+    np.testing.assert_allclose(energy.lcc.numpy(), lcc, rtol=1e-9)
+    np.testing.assert_allclose(energy.similarity.numpy(), 40.0 * (1 - lcc), rtol=1e-9)
+    np.testing.assert_allclose(energy.total.numpy(), 40.0 * (1 - lcc) + penalty.numpy(), rtol=1e-9)
+    torch.testing.assert_close(energy.penalty, penalty)
+
+
+def test_objective_passes_its_settings_to_the_symmetric_lcc():
+    f, m = torch.cat([smooth_image(12), smooth_image(13)]), torch.cat([smooth_image(14), smooth_image(15)])
+    v = torch.cat([smooth_velocity(16, 3.0), smooth_velocity(17, 3.0)])
+    energy = objective(f, m, v, torch.tensor(2.5, dtype=torch.float64), lam=7.0, n_steps=3, sigma=1.5, kernel_size=7,
+                       downsample=2)
+    lcc = symmetric_lcc(f, m, v, n_steps=3, sigma=1.5, kernel_size=7, downsample=2)
+    torch.testing.assert_close(energy.lcc, lcc, rtol=0, atol=0)
+    torch.testing.assert_close(energy.total, 7.0 * (1 - lcc) + 2.5, rtol=1e-12, atol=1e-12)
+    assert energy.penalty.shape == (2,) and energy.penalty.tolist() == [2.5, 2.5]  # a scalar penalty per pair
+    default = objective(f, m, v, torch.tensor(2.5, dtype=torch.float64), lam=7.0)
+    assert float((default.lcc - lcc).abs().max()) > 1e-4  # the settings matter: they were not ignored

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_acdc import write_patient
 
 from cvae.checkpoint import save_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.model import CVAERegistration, ModelConfig
 
-from conftest import load_benchmark
+from conftest import load_benchmark, write_patient
 
 SIZE, SPACING = (128, 128, 32), (1.5, 1.5, 3.15)  # the shipped model's grid
 

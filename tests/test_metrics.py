@@ -17,12 +17,16 @@ from cvae.evaluation.metrics import (
     case_metrics,
     dice,
     hd95,
+    mean_dice,
     mean_displacement_mm,
     mean_gradient_norm,
+    mean_scores,
     negative_jacobian_fraction,
     rmse,
     structure_scores,
 )
+
+from conftest import dice_by_hand
 
 SPACING = (1.5, 1.5, 3.15)
 
@@ -187,6 +191,38 @@ def test_structure_scores_missing_structure():
     assert scores["LV blood pool"] == {"dice": 1.0, "hd95": 0.0}
     with pytest.raises(ValueError, match="one \\(X, Y, Z\\) volume"):
         structure_scores(np.stack([ref, ref]), np.stack([ref, ref]), SPACING)
+
+
+def test_mean_scores_average_each_metric_over_the_structures_where_it_is_defined():
+    scores = {"LV blood pool": {"dice": 0.8, "hd95": 2.0}, "LV myocardium": {"dice": 0.5, "hd95": math.nan},
+              "RV": {"dice": math.nan, "hd95": math.nan}, "Whole heart": {"dice": 0.2, "hd95": 7.0}}
+    means = mean_scores(scores)
+    assert list(means) == ["dice", "hd95"]
+    assert means["dice"] == pytest.approx((0.8 + 0.5 + 0.2) / 3, abs=1e-15)
+    assert means["hd95"] == pytest.approx((2.0 + 7.0) / 2, abs=1e-15)
+    undefined = mean_scores({"RV": {"dice": math.nan, "hd95": math.nan}})
+    assert math.isnan(undefined["dice"]) and math.isnan(undefined["hd95"])
+
+
+def test_mean_dice_against_a_hand_count_leaving_out_a_structure_empty_in_both():
+    pred, ref = random_labels((20, 18, 8), 13), random_labels((20, 18, 8), 14)
+    pred, ref = np.where(pred == 1, 0, pred), np.where(ref == 1, 0, ref)  # no RV in either map
+    expected = []
+    for values in ((3,), (2,), (2, 3), (1, 2, 3)):  # the structures other than RV, by their label values
+        a, b = np.isin(pred, values), np.isin(ref, values)
+        expected.append(dice_by_hand(a, b))
+    assert 0.1 < min(expected) and max(expected) < 0.9  # neither a trivial overlap nor none
+    with pytest.warns(EmptyStructureWarning, match="RV") as record:
+        value = mean_dice(torch.from_numpy(pred)[None, None], ref)
+    assert len(record) == 1
+    assert value == pytest.approx(np.mean(expected), abs=1e-12)
+    # a structure present in one map only is a real failure: its Dice 0 counts in the mean
+    pred[ref == 3] = 1
+    hand = [dice_by_hand(np.isin(pred, v), np.isin(ref, v)) for v in STRUCTURES.values()]
+    assert hand[list(STRUCTURES).index("RV")] == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmptyStructureWarning)
+        assert mean_dice(pred, ref) == pytest.approx(np.mean(hand), abs=1e-12)
 
 
 # ---------------------------------------------------------------- intensity and transform metrics

@@ -6,15 +6,18 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_latent import SIZE, SPACING, cache, checkpoint, pair, root, tiny_model  # noqa: F401  (fixtures)
 
-from cvae.checkpoint import CHECKPOINT_DIRS, load_checkpoint
+from cvae.checkpoint import checkpoint_dirs, load_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.fields import warp
 from cvae.latent import as_image, encode_cohort, mu_columns
 from cvae.latent.refine import refine_code, refine_table, register_refined, score_codes
 from cvae.losses import symmetric_lcc
 from cvae.model import CVAERegistration
+
+from conftest import LATENT_SIZE, LATENT_SPACING, latent_model
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def images(model: CVAERegistration, pair) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,9 +32,9 @@ def energy(model: CVAERegistration, fixed: torch.Tensor, moving: torch.Tensor, z
     return float(cfg.lam * (1 - lcc.sum()) + 0.5 * (z ** 2).sum())
 
 
-def test_zero_steps_give_the_encoders_mu(pair):
-    model = tiny_model()
-    fixed, moving = images(model, pair)
+def test_zero_steps_give_the_encoders_mu(latent_pair):
+    model = latent_model()
+    fixed, moving = images(model, latent_pair)
     result = refine_code(model, fixed, moving, steps=0)
     mu, _ = model.encode(fixed, moving)
     assert torch.equal(result.code, mu.detach())
@@ -39,9 +42,9 @@ def test_zero_steps_give_the_encoders_mu(pair):
     assert result.objective == pytest.approx([energy(model, fixed, moving, mu.detach())], rel=1e-5)
 
 
-def test_refinement_lowers_the_energy_and_leaves_the_weights_alone(pair):
-    model = tiny_model()
-    fixed, moving = images(model, pair)
+def test_refinement_lowers_the_energy_and_leaves_the_weights_alone(latent_pair):
+    model = latent_model()
+    fixed, moving = images(model, latent_pair)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     result = refine_code(model, fixed, moving, steps=15, lr=0.1)
     assert len(result.objective) == 16
@@ -52,11 +55,11 @@ def test_refinement_lowers_the_energy_and_leaves_the_weights_alone(pair):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_without_a_data_term_the_code_goes_to_the_prior_mode(pair):
+def test_without_a_data_term_the_code_goes_to_the_prior_mode(latent_pair):
     """lam -> 0 leaves E(z) = |z|^2 / 2, whose minimiser is the origin."""
-    model = tiny_model()
+    model = latent_model()
     model.config = dataclasses.replace(model.config, lam=1e-9)
-    fixed, moving = images(model, pair)
+    fixed, moving = images(model, latent_pair)
     with torch.no_grad():
         model.encoder.mu.bias.fill_(2.0)
     result = refine_code(model, fixed, moving, steps=200, lr=0.05)
@@ -65,9 +68,9 @@ def test_without_a_data_term_the_code_goes_to_the_prior_mode(pair):
     assert mu.abs().min().item() > 1.0
 
 
-def test_register_refined_decodes_the_refined_code(pair):
-    model = tiny_model()
-    fixed, moving = images(model, pair)
+def test_register_refined_decodes_the_refined_code(latent_pair):
+    model = latent_model()
+    fixed, moving = images(model, latent_pair)
     result, refinement = register_refined(model, fixed, moving, steps=3)
     torch.testing.assert_close(result.mu, refinement.code)
     expected = model.decode(refinement.code, moving, inverse=True)
@@ -75,10 +78,10 @@ def test_register_refined_decodes_the_refined_code(pair):
     torch.testing.assert_close(result.inverse_displacement, expected.inverse_displacement)
 
 
-def test_refine_table_replaces_the_codes(root, checkpoint):
-    model, _ = load_checkpoint(checkpoint, "cpu")
-    table = encode_cohort(checkpoint, root, "training")
-    dataset = PairDataset(root, "training", size=SIZE, spacing=SPACING)
+def test_refine_table_replaces_the_codes(latent_cohort, latent_checkpoint):
+    model, _ = load_checkpoint(latent_checkpoint, "cpu")
+    table = encode_cohort(latent_checkpoint, latent_cohort, "training")
+    dataset = PairDataset(latent_cohort, "training", size=LATENT_SIZE, spacing=LATENT_SPACING)
     refined = refine_table(model, dataset, table.head(2), steps=4)
     columns = mu_columns(model.config.latent_dim)
     pair0 = dataset.pair(dataset.subjects.index(refined["subject"].iloc[0]))
@@ -87,14 +90,15 @@ def test_refine_table_replaces_the_codes(root, checkpoint):
     assert not np.allclose(refined[columns].to_numpy(float), table.head(2)[columns].to_numpy(float))
     assert (refined["lcc_after"] > refined["lcc_before"]).all()
     with pytest.raises(ValueError, match="not in the cohort"):
-        refine_table(model, PairDataset(root, "testing", size=SIZE, spacing=SPACING), table.head(1))
+        refine_table(model, PairDataset(latent_cohort, "testing", size=LATENT_SIZE, spacing=LATENT_SPACING),
+                     table.head(1))
 
 
-def test_score_codes_against_numpy(root, checkpoint):
-    model, _ = load_checkpoint(checkpoint, "cpu")
-    table = encode_cohort(checkpoint, root, "training")
+def test_score_codes_against_numpy(latent_cohort, latent_checkpoint):
+    model, _ = load_checkpoint(latent_checkpoint, "cpu")
+    table = encode_cohort(latent_checkpoint, latent_cohort, "training")
     table = table[np.isfinite(table["LVEF"])].head(2)
-    dataset = PairDataset(root, "training", size=SIZE, spacing=SPACING)
+    dataset = PairDataset(latent_cohort, "training", size=LATENT_SIZE, spacing=LATENT_SPACING)
     scores = score_codes(model, dataset, table)
     assert list(scores["subject"]) == list(table["subject"])
     for (_, row), (_, subject) in zip(scores.iterrows(), table.iterrows()):
@@ -120,13 +124,13 @@ def test_score_codes_against_numpy(root, checkpoint):
 
 @pytest.mark.parametrize("steps, lr, message", [(-1, 0.05, "steps must be >= 0"), (3, 0.0, "learning rate"),
                                                (3, float("nan"), "learning rate")])
-def test_bad_settings(pair, steps, lr, message):
-    model = tiny_model()
+def test_bad_settings(latent_pair, steps, lr, message):
+    model = latent_model()
     with pytest.raises(ValueError, match=message):
-        refine_code(model, *images(model, pair), steps=steps, lr=lr)
+        refine_code(model, *images(model, latent_pair), steps=steps, lr=lr)
 
 
-@pytest.mark.skipif(not any((d / "synthetic-acdc" / "config.json").is_file() for d in CHECKPOINT_DIRS),
+@pytest.mark.skipif(not any((d / "synthetic-acdc" / "config.json").is_file() for d in checkpoint_dirs()),
                     reason="the shipped checkpoint checkpoints/synthetic-acdc is not there yet")
 def test_refinement_improves_the_shipped_models_registration():
     """On a synthetic ED -> ES pair the refined code matches the images and the ES labels better."""

@@ -11,11 +11,16 @@ import SimpleITK as sitk
 import torch
 from scipy.spatial.transform import Rotation
 
-from cvae.checkpoint import CHECKPOINT_DIRS, save_checkpoint
+from cvae.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from cvae.data.acdc import load_nifti
 from cvae.data.labels import STRUCTURES
+from cvae.data.preprocess import preprocess_image_pair, resample_to_grid
 from cvae.evaluation.metrics import structure_scores
+from cvae.fields import image_tensor
 from cvae.io.nifti import NIFTI_INTENT_VECTOR, load_vector_field
 from cvae.io.register import main, register_files, warp_to_grid
+from cvae.latent.refine import refine_code
+from cvae.losses import symmetric_lcc
 from cvae.model import CVAERegistration, ModelConfig
 
 from conftest import TINY_MODEL, TINY_SPACING
@@ -173,9 +178,12 @@ def test_metrics_json(outputs, nifti_pair):
     for name, values in seg["structures"].items():
         assert values["dice_unregistered"] == pytest.approx(expected[name]["dice"])
         assert values["hd95_mm_unregistered"] == pytest.approx(expected[name]["hd95"])
-        assert 0.0 <= values["dice"] <= 1.0 and values["hd95_mm"] >= 0.0
     warped = np.asarray(nib.load(str(out / "warped_seg.nii.gz")).dataobj)
     after = structure_scores(warped, np.asarray(fixed_img.dataobj), spacing)
+    for name, values in seg["structures"].items():  # the registered scores are those of warped_seg.nii.gz
+        assert values["dice"] == pytest.approx(after[name]["dice"])
+        assert values["hd95_mm"] == pytest.approx(after[name]["hd95"])
+    assert seg["dice_mean"] != pytest.approx(seg["dice_unregistered_mean"], abs=1e-3)  # the field moved the labels
     assert seg["dice_mean"] == pytest.approx(np.mean([v["dice"] for v in after.values()]))
     assert 0.0 <= saved["negative_jacobian_fraction"] < 0.05
     assert saved["mean_displacement_mm"] > 0.5
@@ -243,7 +251,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, nifti_pair, ch
     assert not out.exists() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not any((d / "synthetic-acdc" / "config.json").is_file() for d in CHECKPOINT_DIRS),
+@pytest.mark.skipif(not any((d / "synthetic-acdc" / "config.json").is_file() for d in checkpoint_dirs()),
                     reason="the shipped checkpoint checkpoints/synthetic-acdc is not there yet")
 def test_shipped_checkpoint_improves_dice_on_a_synthetic_subject(tmp_path):
     from cvae.data.synthetic import make_subject, save_subject
@@ -265,7 +273,22 @@ def test_register_cli_records_the_refinement(nifti_pair, checkpoint, tmp_path, c
     assert main([*args, "--out", str(tmp_path / "refined"), "--refine-steps", "3"]) == 0
     metrics = json.loads((tmp_path / "refined" / "metrics.json").read_text())
     assert metrics["refinement"]["steps"] == 3
-    assert 0 <= metrics["refinement"]["lcc_before"] <= 1 and 0 <= metrics["refinement"]["lcc_after"] <= 1
+    # The same refinement on the pair preprocessed as cvae register does: the moving image resampled onto the fixed
+    # grid (it is on another one), then both cropped and normalised onto the checkpoint's grid.
+    model, config = load_checkpoint(checkpoint, "cpu")
+    fixed, fixed_affine, _ = load_nifti(nifti_pair["fixed"])
+    moving, moving_affine, _ = load_nifti(nifti_pair["moving"])
+    moving = resample_to_grid(moving, moving_affine, fixed_affine, fixed.shape, order=1)
+    pair = preprocess_image_pair(fixed, moving, fixed_affine, size=model.config.image_size, spacing=config["spacing"])
+    f, m = image_tensor(pair.fixed), image_tensor(pair.moving)
+    expected = refine_code(model, f, m, steps=3)
+    with torch.no_grad():  # before refinement: the symmetric LCC of the encoder's code
+        cfg = model.config
+        plain = symmetric_lcc(f, m, model.register(f, m).velocity, cfg.n_steps, cfg.sigma_lcc, cfg.kernel_lcc)
+    assert metrics["refinement"]["lcc_before"] == pytest.approx(float(plain[0]), abs=1e-5)
+    assert metrics["refinement"]["lcc_before"] == pytest.approx(float(expected.lcc_before[0]), abs=1e-5)
+    assert metrics["refinement"]["lcc_after"] == pytest.approx(float(expected.lcc_after[0]), abs=1e-5)
+    assert metrics["refinement"]["lcc_after"] > metrics["refinement"]["lcc_before"] + 1e-4
     assert main([*args, "--out", str(tmp_path / "plain")]) == 0
     assert "refinement" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())
     capsys.readouterr()

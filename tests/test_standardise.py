@@ -8,9 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_latent import SIZE, SPACING, D, cache, checkpoint, root, tiny_model  # noqa: F401  (fixtures)
-from test_model import blob_pair
-from test_priors import cohort_codes
 from torch.distributions import Independent, Normal, kl_divergence
 
 import cvae.cli
@@ -21,11 +18,15 @@ from cvae.latent.standardise import SECTION, kl_optimal_affine, mean_kl, standar
 from cvae.model import CVAERegistration
 from cvae.paths import data_root
 
+from conftest import LATENT_DIM, LATENT_SIZE, LATENT_SPACING, cohort_posteriors, ellipsoid_pair, latent_model
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
+
 
 def random_model(film: bool) -> CVAERegistration:
-    """The model of ``tiny_model`` (with FiLM or not) whose posterior widths also depend on the pair."""
+    """The model of ``latent_model`` (with FiLM or not) whose posterior widths also depend on the pair."""
     torch.manual_seed(0)
-    model = CVAERegistration(tiny_model().config, film=film)
+    model = CVAERegistration(latent_model().config, film=film)
     with torch.no_grad():
         model.decoder.fc.weight.normal_(std=100.0)
         model.decoder.velocity.weight.normal_(std=1.5)
@@ -38,7 +39,7 @@ def random_model(film: bool) -> CVAERegistration:
 
 def random_affine(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.normal(0.0, 2.0, D), rng.uniform(0.3, 2.0, D)
+    return rng.normal(0.0, 2.0, LATENT_DIM), rng.uniform(0.3, 2.0, LATENT_DIM)
 
 
 @pytest.mark.parametrize("film", [False, True])
@@ -47,7 +48,7 @@ def test_standardised_model_registers_and_decodes_identically(film: bool) -> Non
     source = {k: v.clone() for k, v in model.state_dict().items()}
     m, s = random_affine()
     standard = standardise_model(model, m, s)
-    fixed, moving = blob_pair(SIZE, 2.0)
+    fixed, moving = ellipsoid_pair(LATENT_SIZE, 2.0)
     with torch.no_grad():
         before, after = model.register(fixed, moving), standard.register(fixed, moving)
     scale = float(before.velocity.abs().max())
@@ -59,7 +60,7 @@ def test_standardised_model_registers_and_decodes_identically(film: bool) -> Non
     torch.testing.assert_close(after.mu, (before.mu - mt) / st, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(after.logvar, before.logvar - 2 * torch.log(st), rtol=1e-5, atol=1e-5)
     assert float((after.mu - before.mu).abs().max()) > 0.1 and float(before.logvar.std()) > 0  # not trivial
-    z = torch.randn(4, D, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(4, LATENT_DIM, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         new, old = standard.decode(z, moving).displacement, model.decode(mt + st * z, moving).displacement
     assert float((new - old).abs().max()) <= 1e-5 * max(float(old.abs().max()), 1.0)
@@ -70,7 +71,7 @@ def test_standardised_model_registers_and_decodes_identically(film: bool) -> Non
 
 
 def test_kl_optimal_affine_beats_every_other_affine_and_standardises_the_codes() -> None:
-    mu, sigma = cohort_codes(n=40, d=4)
+    mu, sigma = cohort_posteriors(n=40, d=4)
     m, s = kl_optimal_affine(mu, sigma)
     best = mean_kl((mu - m) / s, sigma / s)
     assert best < mean_kl(mu, sigma) - 1.0  # the identity (0, 1): these codes are off the origin
@@ -89,7 +90,7 @@ def test_kl_optimal_affine_beats_every_other_affine_and_standardises_the_codes()
 
 
 def test_mean_kl_matches_torch_distributions() -> None:
-    mu, sigma = cohort_codes(n=9, d=5, seed=4)
+    mu, sigma = cohort_posteriors(n=9, d=5, seed=4)
     posterior = Independent(Normal(torch.from_numpy(mu), torch.from_numpy(sigma)), 1)
     prior = Independent(Normal(torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)), 1)
     assert mean_kl(mu, sigma) == pytest.approx(float(kl_divergence(posterior, prior).mean()), rel=1e-12)
@@ -99,14 +100,14 @@ def test_mean_kl_matches_torch_distributions() -> None:
 @pytest.mark.parametrize("make, message", [
     (lambda: kl_optimal_affine(np.zeros((3, 2)), np.ones((3, 4))), "must both be"),
     (lambda: kl_optimal_affine(np.zeros(3), np.ones(3)), "must both be"),
-    (lambda: kl_optimal_affine(*cohort_codes(n=1)), "at least 2 subjects"),
+    (lambda: kl_optimal_affine(*cohort_posteriors(n=1)), "at least 2 subjects"),
     (lambda: kl_optimal_affine(np.full((3, 2), np.inf), np.ones((3, 2))), "NaN or infinite"),
     (lambda: kl_optimal_affine(np.ones((3, 2)), -np.ones((3, 2))), "negative"),
     (lambda: kl_optimal_affine(np.c_[np.arange(3.0), np.ones(3)], np.c_[np.ones(3), np.zeros(3)]),
      r"dimension\(s\) \[2\] have zero spread"),
     (lambda: mean_kl(np.zeros((3, 2)), np.zeros((3, 2))), "point mass"),
-    (lambda: standardise_model(tiny_model(), np.zeros(2), np.ones(2)), r"shape \(3,\)"),
-    (lambda: standardise_model(tiny_model(), np.zeros(3), np.array([1.0, 0.0, 1.0])), "s finite and > 0"),
+    (lambda: standardise_model(latent_model(), np.zeros(2), np.ones(2)), r"shape \(3,\)"),
+    (lambda: standardise_model(latent_model(), np.zeros(3), np.array([1.0, 0.0, 1.0])), "s finite and > 0"),
 ])
 def test_bad_inputs(make, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -117,52 +118,52 @@ def run(*args: str) -> int:
     return cvae.cli.main(["standardise", *args, "--device", "cpu"])
 
 
-def test_cli_writes_a_checkpoint_whose_codes_are_standardised(root: Path, checkpoint: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_cli_writes_a_checkpoint_whose_codes_are_standardised(latent_cohort: Path, latent_checkpoint: Path,
+                                                             tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "standard"
-    assert run("--checkpoint", str(checkpoint), "--data", str(root), "--out", str(out)) == 0
+    assert run("--checkpoint", str(latent_checkpoint), "--data", str(latent_cohort), "--out", str(out)) == 0
     printed = capsys.readouterr().out
     assert "standardised on 4 subjects (training)" in printed and str(out) in printed
-    source, config = read_config(checkpoint), read_config(out)
+    source, config = read_config(latent_checkpoint), read_config(out)
     assert all(config[k] == source[k] for k in ("model", "spacing", "training", "metrics"))
     section = config[SECTION]
-    assert section["split"] == "training" and section["subjects"] == 4 and len(section["scale"]) == D
+    assert section["split"] == "training" and section["subjects"] == 4 and len(section["scale"]) == LATENT_DIM
     assert section["mean_kl_after"] < section["mean_kl_before"] and section["note"]
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert not list(tmp_path.glob(".standard*"))  # no staging folder left
     # Re-encoding the split with the new checkpoint gives codes of mean 0 and variance 1 per dimension.
-    table = latent.encode_cohort(out, root, "training", device="cpu")
-    mu, sigma = table[latent.mu_columns(D)].to_numpy(), table[latent.sigma_columns(D)].to_numpy()
+    table = latent.encode_cohort(out, latent_cohort, "training", device="cpu")
+    mu, sigma = table[latent.mu_columns(LATENT_DIM)].to_numpy(), table[latent.sigma_columns(LATENT_DIM)].to_numpy()
     np.testing.assert_allclose(mu.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose((mu ** 2 + sigma ** 2).mean(axis=0), 1.0, atol=1e-4)
     assert mean_kl(mu, sigma) == pytest.approx(section["mean_kl_after"], abs=1e-4)
     # ... and the loaded model registers the cohort's pairs as the source does.
-    pair = PairDataset(root, "training", size=SIZE, spacing=SPACING).pair(2)
+    pair = PairDataset(latent_cohort, "training", size=LATENT_SIZE, spacing=LATENT_SPACING).pair(2)
     fixed, moving = (torch.from_numpy(a)[None, None] for a in (pair.fixed, pair.moving))
     with torch.no_grad():
-        before = load_model(checkpoint, "cpu").register(fixed, moving).displacement
+        before = load_model(latent_checkpoint, "cpu").register(fixed, moving).displacement
         after = load_model(out, "cpu").register(fixed, moving).displacement
     assert float((after - before).abs().max()) <= 1e-5 * max(float(before.abs().max()), 1.0)
 
 
-def test_cli_refuses_with_one_line(root: Path, checkpoint: Path, tmp_path: Path,
+def test_cli_refuses_with_one_line(latent_cohort: Path, latent_checkpoint: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture) -> None:
     done = tmp_path / "done"
-    shutil.copytree(checkpoint, done)
+    shutil.copytree(latent_checkpoint, done)
     config = json.loads((done / "config.json").read_text())
     (done / "config.json").write_text(json.dumps({**config, SECTION: {"split": "training"}}))
     (tmp_path / "taken").mkdir()
-    cases = [(["--checkpoint", str(checkpoint), "--out", str(checkpoint)], "is the source checkpoint folder"),
+    source = str(latent_checkpoint)
+    cases = [(["--checkpoint", source, "--out", source], "is the source checkpoint folder"),
              (["--checkpoint", str(done), "--out", str(tmp_path / "again")], "already standardised"),
-             (["--checkpoint", str(checkpoint), "--out", str(tmp_path / "taken")], "already exists"),
+             (["--checkpoint", source, "--out", str(tmp_path / "taken")], "already exists"),
              (["--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "a")], "not found"),
-             (["--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--data", str(tmp_path / "none")],
+             (["--checkpoint", source, "--out", str(tmp_path / "b"), "--data", str(tmp_path / "none")],
               "cohort folder"),
-             (["--checkpoint", str(checkpoint), "--out", str(tmp_path / "c"), "--split", "testing"],
-              "at least 2 subjects")]
+             (["--checkpoint", source, "--out", str(tmp_path / "c"), "--split", "testing"], "at least 2 subjects")]
     for args, message in cases:
         if "--data" not in args:
-            args = [*args, "--data", str(root)]
+            args = [*args, "--data", str(latent_cohort)]
         assert run(*args) == 2, message
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("cvae standardise: error:") and message in err[-1], err

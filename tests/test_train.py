@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from cvae.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from cvae.data.labels import STRUCTURES
 from cvae.model import CVAERegistration, ModelConfig
 from cvae.training.config import TrainConfig
 from cvae.training.loop import held_out_split, validate
 from cvae.training.train import train
 
-from conftest import TINY_MODEL, TINY_SPACING
+from conftest import TINY_MODEL, TINY_SPACING, dice_by_hand, folding_by_hand, nearest_warp
 
 
 def tiny_config(cohort: Path, out: Path, cache: Path, latent_dim: int = 16, **kw) -> TrainConfig:
@@ -47,8 +48,19 @@ def test_resume_continues_exactly(tiny_cohort, tiny_cache, tmp_path):
     wb = load_checkpoint(resumed / "last", "cpu")[0].state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
-    assert any(d["kind"] == "val" and 0 <= d["val_dice"] <= 1 and 0 <= d["val_dice_other_code"] <= 1 for d in log)
-    assert (full / "best" / "model.safetensors").is_file()
+    # validation every 4 steps and at the end; the last one scored the final weights, which last/ holds
+    vals = [d for d in log if d["kind"] == "val"]
+    assert [d["step"] for d in vals] == [4, 6]
+    cfg = tiny_config(tiny_cohort, tmp_path / "full", tiny_cache, steps=6, **schedule)
+    dataset, _, val_idx = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir,
+                                         cfg.val_subjects)
+    final = load_checkpoint(full / "last", "cpu")[0]
+    expected = validation_by_hand(final, dataset, val_idx)
+    for key in ("val_dice", "val_dice_other_code", "val_negative_jacobian"):
+        assert vals[-1][key] == pytest.approx(expected[key], abs=1e-9), key
+    best = max(vals, key=lambda d: d["val_dice"])
+    metrics = json.loads((full / "best" / "config.json").read_text())["metrics"]
+    assert metrics["val_dice"] == best["val_dice"] and (full / "best" / "model.safetensors").is_file()
     # KL delay of 1 step, then a 2-step ramp; the code warm-up holds for 2 steps and fades over 2;
     # loss = similarity + KL weight * KL + code weight * code
     steps = [d for d in log if d["kind"] == "train"]
@@ -83,6 +95,26 @@ def test_fine_tuning_starts_from_the_init_weights_and_adds_the_label_term(tiny_c
                                   out=str(tmp_path / "x")), progress=False)
 
 
+def validation_by_hand(model: CVAERegistration, dataset, indices: list[int]) -> dict[str, float]:
+    """What validation reports, recomputed: per held-out pair the mean Dice (structures empty in both maps left
+    out) of the ED labels moved by the pair's transform (numpy nearest neighbour) against the ES labels, the same
+    with the next pair's code, and the fraction of det J <= 0 by numpy finite differences; means over the pairs."""
+    items = [dataset[i] for i in indices]
+
+    def mean_dice(item, displacement: torch.Tensor) -> float:
+        warped = nearest_warp(item["moving_label"][0].numpy(), displacement[0].numpy())
+        fixed = item["fixed_label"][0].numpy()
+        return float(np.nanmean([dice_by_hand(np.isin(warped, v), np.isin(fixed, v)) for v in STRUCTURES.values()]))
+
+    with torch.no_grad():
+        results = [model.register(item["fixed"][None], item["moving"][None], inverse=False) for item in items]
+        others = [model.decode(results[(k + 1) % len(items)].mu, item["moving"][None]) for k, item in
+                  enumerate(items)]
+    return {"val_dice": float(np.mean([mean_dice(i, r.displacement) for i, r in zip(items, results)])),
+            "val_dice_other_code": float(np.mean([mean_dice(i, o.displacement) for i, o in zip(items, others)])),
+            "val_negative_jacobian": float(np.mean([folding_by_hand(r.displacement[0].numpy()) for r in results]))}
+
+
 def test_validation_measures_what_the_code_adds(tiny_cohort, tiny_cache):
     cfg = tiny_config(tiny_cohort, Path("unused"), tiny_cache)
     dataset, _, val_idx = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir,
@@ -94,6 +126,9 @@ def test_validation_measures_what_the_code_adds(tiny_cohort, tiny_cache):
         model.decoder.velocity.weight.normal_(std=0.5)
         model.encoder.mu.weight.normal_(std=1.0)
     informed = validate(model, dataset, val_idx, torch.device("cpu"))
+    expected = validation_by_hand(model, dataset, val_idx)
+    for key in ("val_dice", "val_dice_other_code", "val_negative_jacobian"):
+        assert informed[key] == pytest.approx(expected[key], abs=1e-9), key
     assert abs(informed["val_dice_other_code"] - informed["val_dice"]) > 1e-3
     with torch.no_grad():  # a decoder blind to z: another pair's code gives exactly the same deformation
         model.decoder.fc.weight.zero_()

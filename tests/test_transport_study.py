@@ -1,4 +1,5 @@
-"""cvae.latent.transport_study: group choice, the (source group -> target group) table against a hand count, disk cache."""
+"""cvae.latent.transport_study: group choice, the (source group -> target group) table against a hand count, disk
+cache."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_acdc import write_patient
-from test_latent import cache, checkpoint  # noqa: F401  (fixtures)
+import torch
 
 import cvae.latent as latent
+from cvae.data.dataset import PairDataset
 from cvae.data.labels import GROUPS
 from cvae.figures import transport_matrix_figure
 from cvae.latent.transport_study import (
@@ -22,6 +23,10 @@ from cvae.latent.transport_study import (
     pick,
     target_lvef,
 )
+
+from conftest import LATENT_DIM, LATENT_SIZE, LATENT_SPACING, latent_model, nearest_warp, write_patient
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture
@@ -72,21 +77,36 @@ def test_transport_claims_count_the_right_pairs() -> None:
     assert fraction(pd.Series([np.nan]), lambda v: v > 0) == "n/a"
 
 
-def test_cohort_transport_is_computed_once_then_read_from_disk(cohort: Path, checkpoint: Path,
+def test_cohort_transport_is_computed_once_then_read_from_disk(cohort: Path, latent_checkpoint: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    first = cohort_transport(checkpoint, cohort, "testing", sources_per_group=2, targets_per_group=1, device="cpu")
+    first = cohort_transport(latent_checkpoint, cohort, "testing", sources_per_group=2, targets_per_group=1,
+                             device="cpu")
     assert len(first) == 5 * 10  # each of the 5 targets: 9 other sources + its own code
     assert set(first["source_group"]) == set(GROUPS) and first["negative_jacobian"].notna().all()
-    assert first["LVEF"].between(-100, 100).all()
-    path = cached_path(checkpoint, cohort, "testing", 2, 1)
-    assert path.is_file() and path.parent == latent.cached_table_path(checkpoint, cohort, "testing").parent
+    # A row against a hand computation: the source's code decoded for the target's ED image, the target's ED labels
+    # moved by it (nearest neighbour) give the simulated ES volume.
+    row = first[(first["source"] != first["target"])].iloc[3]
+    table = latent.encode_cohort(latent_checkpoint, cohort, "testing", device="cpu")
+    code = table.loc[table["subject"] == row["source"], latent.mu_columns(LATENT_DIM)].to_numpy(np.float32)
+    dataset = PairDataset(cohort, "testing", size=LATENT_SIZE, spacing=LATENT_SPACING)
+    target = dataset.pair(dataset.subjects.index(row["target"]))
+    with torch.no_grad():
+        u = latent_model().decode(torch.from_numpy(code), torch.from_numpy(target.moving)[None, None]).displacement
+    simulated_es = nearest_warp(target.moving_label, u[0].numpy())
+    ed, es = (target.moving_label == 3).sum(), (simulated_es == 3).sum()
+    assert es != ed  # the transported motion changes the cavity
+    assert row["LVEF"] == pytest.approx(100 * (1 - es / ed), abs=1e-6)
+    assert row["target_LVEF"] == pytest.approx(100 * (1 - (target.fixed_label == 3).sum() / ed), abs=1e-6)
+    path = cached_path(latent_checkpoint, cohort, "testing", 2, 1)
+    assert path.is_file() and path.parent == latent.cached_table_path(latent_checkpoint, cohort, "testing").parent
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed instead of reading the cache")
 
     monkeypatch.setattr("cvae.latent.transport_study.transport_pairs", fail)
-    again = cohort_transport(checkpoint, cohort, "testing", sources_per_group=2, targets_per_group=1, device="cpu")
+    again = cohort_transport(latent_checkpoint, cohort, "testing", sources_per_group=2, targets_per_group=1,
+                             device="cpu")
     pd.testing.assert_frame_equal(again, first, check_dtype=False)
     with pytest.raises(AssertionError, match="recomputed"):
-        cohort_transport(checkpoint, cohort, "testing", sources_per_group=1, targets_per_group=1, device="cpu")
+        cohort_transport(latent_checkpoint, cohort, "testing", sources_per_group=1, targets_per_group=1, device="cpu")
     assert group_matrix(first).shape == (5, 5)

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from cvae.data.preprocess import preprocess_image_pair
 from cvae.io.uploads import MAX_UPLOAD_MB, Upload, UploadError, check_upload, stage_uploads, staged_uploads
 
 AFFINE = np.diag([1.6, 1.6, 8.0, 1.0])
@@ -43,8 +44,14 @@ def test_a_valid_pair_is_staged_loaded_and_removed_afterwards():
         np.testing.assert_array_equal(staged.moving_seg, labels())
         np.testing.assert_allclose(staged.spacing, (1.6, 1.6, 8.0))
         pair = staged.preprocess(size=(16, 16, 8), spacing=(3.0, 3.0, 6.0))
-        assert pair.fixed.shape == (16, 16, 8) and pair.fixed_label is not None
-        assert 0.0 <= pair.fixed.min() and pair.fixed.max() <= 1.0
+        # the uploaded pair is preprocessed as the cohort's pairs are, on the files' own affine
+        expected = preprocess_image_pair(image(seed=1), image(seed=2), AFFINE, labels(), labels(), size=(16, 16, 8),
+                                         spacing=(3.0, 3.0, 6.0))
+        assert pair.fixed.shape == (16, 16, 8)
+        for name in ("fixed", "moving", "fixed_label", "moving_label", "affine"):
+            np.testing.assert_allclose(getattr(pair, name), getattr(expected, name), rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
+        assert (pair.fixed_label == 3).sum() > 0  # the LV cavity is in the crop
     assert not folder.exists()
 
 

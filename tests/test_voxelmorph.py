@@ -106,8 +106,17 @@ def test_loss_survives_flat_bright_regions():
     moving = torch.rand((1, 1, *shape), generator=gen)
     with pytest.raises(AssertionError, match="NCC coefficients"):
         ne.nn.functional.ncc(moving, fixed, 9)
-    terms = VoxelMorph(VoxelMorphConfig(**{**SMALL, "image_size": shape}))(fixed, moving)
-    assert terms["loss"].dtype == torch.float32 and 0.0 <= float(terms["ncc"].detach()) <= 1.0
+    torch.manual_seed(0)
+    model = VoxelMorph(VoxelMorphConfig(**{**SMALL, "image_size": shape}))
+    terms = model(fixed, moving)
+    assert terms["loss"].dtype == torch.float32
+    # the NCC of the warped moving image and the fixed one, computed in float64
+    with torch.no_grad():
+        _, warped = model.net(moving, fixed, return_warped_source=True, return_field_type="velocity")
+    expected = float(ne.nn.functional.ncc(warped.double(), fixed.double(), model.config.ncc_window).mean())
+    ncc, loss, grad = (float(terms[k].detach()) for k in ("ncc", "loss", "grad"))
+    assert 0.0 < expected < 1.0 and ncc == pytest.approx(expected, rel=1e-6)
+    assert loss == pytest.approx(-expected + model.config.lam * grad, rel=1e-6)
     terms["loss"].backward()
 
 

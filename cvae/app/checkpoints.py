@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cvae.checkpoint import CHECKPOINT_DIRS, CONFIG_FILE, read_config, resolve_checkpoint
+from cvae.checkpoint import CONFIG_FILE, checkpoint_dirs, read_config, resolve_checkpoint
 from cvae.model import CVAERegistration
 
 __all__ = ["ENV_CHECKPOINT", "DEFAULT_CHECKPOINT", "default_checkpoint", "checkpoint_choices", "model_card",
@@ -30,11 +30,8 @@ def _is_cvae_checkpoint(folder: Path) -> bool:
 
 def checkpoint_choices() -> list[str]:
     """The default checkpoint first, then every named cvae-reg checkpoint found in the checkpoint folders."""
-    roots = list(CHECKPOINT_DIRS)
-    if os.environ.get("CVAE_CHECKPOINTS"):
-        roots.insert(0, Path(os.environ["CVAE_CHECKPOINTS"]).expanduser())
     names = [default_checkpoint()]
-    for root in roots:
+    for root in checkpoint_dirs():
         if root.is_dir():
             names += sorted(p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file() and _is_cvae_checkpoint(p))
     return list(dict.fromkeys(names))
