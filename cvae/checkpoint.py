@@ -25,8 +25,8 @@ from .io.atomic import atomic_folder
 from .model import CVAERegistration, ModelConfig
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "load_weights",
-           "load_training_state", "resolve_checkpoint", "read_config", "checkpoint_dirs", "SHIPPED_CHECKPOINTS",
-           "FORMAT"]
+           "load_training_state", "training_step", "resolve_checkpoint", "read_config", "checkpoint_dirs",
+           "SHIPPED_CHECKPOINTS", "FORMAT"]
 
 FORMAT = "cvae-reg checkpoint"
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -194,3 +194,15 @@ def load_training_state(folder: str | os.PathLike) -> tuple[dict, dict] | None:
         raise CheckpointError(f"{folder / TRAINER_FILE} is corrupt") from None
     optimizer = _unflatten_optimizer(_load_tensors(folder / OPTIMIZER_FILE), trainer.pop("optimizer"))
     return optimizer, trainer
+
+
+def training_step(folder: str | os.PathLike) -> int | None:
+    """The optimiser step a training checkpoint folder (``<out>/last``) holds, or ``None`` when it is incomplete or
+    does not load (config, weights, optimiser and trainer state are all read)."""
+    try:
+        read_config(folder)
+        _load_tensors(Path(folder) / MODEL_FILE)
+        state = load_training_state(folder)
+        return None if state is None else int(state[1]["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None

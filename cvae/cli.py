@@ -1,12 +1,25 @@
 """The ``cvae`` command: ``cvae <command> [options]``; each command lives in its own module's ``main(argv)``.
 
-Also what every command shares: :func:`run_command` (one-line errors, exit codes 0 / 2). Nothing heavy is imported
-here: ``cvae --help`` answers at once.
+Also what every command shares: :func:`run_command`. Every command ends with one line and a conventional exit code:
+
+==========  ===================================================================================================
+exit code   meaning
+==========  ===================================================================================================
+0           done; the line says what was written
+2           bad input (a missing or corrupt file, a bad option, an unwritable output): ``<prog>: error: ...``
+130         interrupted by Ctrl-C (SIGINT)
+143         stopped by SIGTERM (a scheduler, ``kill``); a training run saves ``last/`` first
+==========  ===================================================================================================
+
+Outputs are written atomically (:mod:`cvae.io.atomic`), so an interrupted command leaves no half-written file.
+Nothing heavy is imported here: ``cvae --help`` answers at once.
 """
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 #: command -> (module, one-line description)
@@ -28,16 +41,43 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+class Interrupted(BaseException):
+    """A command stopped by the signal ``signum`` (SIGINT or SIGTERM); ``message`` says what it kept, if anything.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: ``except Exception`` does not swallow it, while every
+    ``finally`` and atomic writer on the way out still cleans up.
+    """
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message)
+        self.signum, self.message = int(signum), message
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def run_command(prog: str, body: Callable[[], str]) -> int:
-    """Run a command's ``body`` and print the line it returns: exit code 0. Bad input (``ValueError``, ``OSError``:
-    a missing file, a corrupt checkpoint...) is one line ``<prog>: error: <first line of the message>`` on stderr
-    and exit code 2, never a traceback."""
+    """Run a command's ``body`` and print the line it returns (exit code 0), or end with one line on stderr and the
+    exit code of the table above: bad input (``ValueError``, ``OSError``: a missing file, a corrupt checkpoint...)
+    gives ``<prog>: error: <first line of the message>`` and 2; Ctrl-C 130; SIGTERM 143. Never a traceback."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         line = body()
     except (ValueError, OSError) as exc:
         text = str(exc).strip()
         print(f"{prog}: error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        how = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        message = getattr(exc, "message", "") or "nothing half-written was kept"
+        print(f"{prog}: {how}: {message}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     print(line)
     return 0
 

@@ -1,9 +1,10 @@
 """Configuration dataclasses and their command-line form.
 
 :func:`option` declares a config field with its default and its help line (meaning and unit; argparse adds the
-default), :func:`add_config_arguments` makes one ``--flag`` per field of a config class (a field holding another config
-class contributes that class's fields as flags of their own), and :func:`config_from_arguments` builds the config
-back from the parsed values. Used by :class:`cvae.model.ModelConfig`, the training configs and their commands.
+default), :func:`at_least` checks a field's range (the error names its option), :func:`add_config_arguments` makes one
+``--flag`` per field of a config class (a field holding another config class contributes that class's fields as flags
+of their own), and :func:`config_from_arguments` builds the config back from the parsed values. Used by
+:class:`cvae.model.ModelConfig`, the training configs and their commands.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import dataclasses
 from dataclasses import field
 from typing import Any
 
-__all__ = ["option", "add_config_arguments", "config_from_arguments"]
+__all__ = ["option", "at_least", "add_config_arguments", "config_from_arguments"]
 
 
 def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's name for it
@@ -26,6 +27,14 @@ def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's name for 
 def _nested(f: dataclasses.Field) -> type | None:
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     return type(default) if dataclasses.is_dataclass(default) else None
+
+
+def at_least(config: object, minimum: float, *names: str) -> None:
+    """``ValueError`` naming the command-line option of the first field of ``names`` below ``minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if not value >= minimum:  # also catches NaN
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum:g}, got {value}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:

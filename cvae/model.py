@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import option
+from .config import at_least, option
 from .data.grid import DEFAULT_SIZE
 from .fields import exponentiate, gaussian_kernel1d, gaussian_smooth, jacobian_determinant, warp
 from .losses import Energy, objective
@@ -67,8 +67,14 @@ class ModelConfig:
             raise ValueError("encoder_channels and encoder_strides must have the same length")
         if sum(s == 2 for s in self.encoder_strides) != len(self.decoder_channels):
             raise ValueError("need one decoder stage per stride-2 encoder layer")
-        if self.latent_dim < 1 or self.n_steps < 1:
-            raise ValueError(f"latent_dim and n_steps must be >= 1, got {self.latent_dim} and {self.n_steps}")
+        at_least(self, 1, "latent_dim", "n_steps", "head_channels", "integration_downsample")
+        at_least(self, 0, "lam")
+        if min(self.encoder_channels + self.encoder_strides + self.decoder_channels) < 1:
+            raise ValueError("every channel count and stride must be >= 1")
+        for sigma, kernel in (("sigma_smooth", "kernel_smooth"), ("sigma_lcc", "kernel_lcc")):
+            if not getattr(self, sigma) > 0 or getattr(self, kernel) < 1 or getattr(self, kernel) % 2 == 0:
+                raise ValueError(f"--{sigma.replace('_', '-')} must be > 0 and --{kernel.replace('_', '-')} an odd "
+                                 f"number >= 1, got {getattr(self, sigma)} and {getattr(self, kernel)}")
 
     @property
     def bottleneck_size(self) -> tuple[int, int, int]:

@@ -8,9 +8,12 @@ and end-systolic (ES) frames, ``patientNNN_frameYY.nii.gz`` plus the segmentatio
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import warnings
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,12 @@ from cvae.data.labels import GROUPS
 SPLITS: tuple[str, ...] = ("training", "testing")
 LABEL_VALUES: tuple[int, ...] = (0, 1, 2, 3)
 _NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+#: The largest volume :func:`load_nifti` reads by default, in voxels: 2**24 (16.8 M, e.g. 256 x 256 x 256; an ACDC
+#: frame has about 0.6 M). A larger one is refused from its header, before any data is read, so that no input can
+#: exhaust the memory (``cvae register`` needs roughly 160 bytes per voxel of the fixed image). ``$CVAE_MAX_VOXELS``
+#: or a command's ``--max-voxels`` raise or lower it.
+MAX_VOXELS = 2 ** 24
+ENV_MAX_VOXELS = "CVAE_MAX_VOXELS"
 
 
 class ACDCError(ValueError):
@@ -219,21 +228,55 @@ def find_subjects(root: str | Path, split: str | None = None, skip_bad: bool = F
     return infos
 
 
-def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@contextmanager
+def _nibabel_quiet() -> Iterator[None]:
+    """Keep nibabel from logging a malformed header on stderr: the ``ACDCError`` says it in one line."""
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def max_voxels() -> int:
+    """The voxel limit of :func:`load_nifti`: ``$CVAE_MAX_VOXELS`` when set (a positive integer), else
+    :data:`MAX_VOXELS`."""
+    text = os.environ.get(ENV_MAX_VOXELS, "").strip()
+    if not text:
+        return MAX_VOXELS
+    if not text.isdigit() or int(text) < 1:
+        raise ACDCError(f"${ENV_MAX_VOXELS}={text!r} is not a positive number of voxels")
+    return int(text)
+
+
+def load_nifti(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Load a 3-D NIfTI as ``(array float32 (X, Y, Z), affine (4, 4), spacing (3,) mm)``.
 
-    A trailing singleton 4th axis is dropped. Raises ``ACDCError`` naming the file for a missing, unreadable or
-    truncated file, a volume that is not 3-D (a 4-D cine gets a hint on picking one frame) or non-finite values.
+    A trailing singleton 4th axis is dropped. Raises ``ACDCError`` naming the file for a missing, unreadable,
+    malformed or truncated file, a header announcing more than ``limit`` voxels (default :func:`max_voxels`; checked
+    before any data is read), a volume that is not 3-D (a 4-D cine gets a hint on picking one frame) or non-finite
+    values.
     """
     path = Path(path)
     if not path.is_file():
         raise ACDCError(f"{path}: file not found")
+    limit = max_voxels() if limit is None else int(limit)
     try:
-        img = nib.load(str(path))
+        with _nibabel_quiet():
+            img = nib.load(str(path))
+        voxels = math.prod(int(n) for n in img.shape)
+        if voxels > limit:
+            raise ACDCError(f"{path}: the header announces {' x '.join(map(str, img.shape))} = {voxels:,} voxels, "
+                            f"above the limit of {limit:,} ({limit * 4 / 2**20:.0f} MB as float32): crop or "
+                            f"downsample it, or raise the limit (--max-voxels or ${ENV_MAX_VOXELS})")
         data = np.asarray(img.get_fdata(dtype=np.float32))
         affine = np.asarray(img.affine, dtype=np.float64)
-    except (nib.filebasedimages.ImageFileError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-        problem = f"{type(exc).__name__}: {exc}"
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, gzip.BadGzipFile, zlib.error,
+            EOFError, OSError, ValueError, MemoryError) as exc:
+        if isinstance(exc, ACDCError):
+            raise
+        problem = f"{type(exc).__name__}: {str(exc).strip() or 'out of memory'}"
         raise ACDCError(f"{path}: unreadable or corrupt NIfTI ({problem}); re-extract or re-download it") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -251,9 +294,10 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data, affine, spacing
 
 
-def load_label(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Load an ACDC segmentation as ``(uint8 (X, Y, Z), affine (4, 4))``; values outside {0,1,2,3} -> ``ACDCError``."""
-    data, affine, _ = load_nifti(path)
+def load_label(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load an ACDC segmentation as ``(uint8 (X, Y, Z), affine (4, 4))``; values outside {0,1,2,3} -> ``ACDCError``;
+    ``limit`` as for :func:`load_nifti`."""
+    data, affine, _ = load_nifti(path, limit)
     rounded = np.rint(data)
     bad = ~np.isin(rounded, LABEL_VALUES) | (np.abs(rounded - data) > 1e-3)
     if bad.any():

@@ -88,6 +88,7 @@ import numpy as np
 from scipy import ndimage
 
 from cvae.cli import run_command
+from cvae.io.atomic import check_writable
 from cvae.data.labels import GROUPS
 from cvae.data.synthetic_anatomy import NO_TISSUE, body_classes, ed_scene, heart_classes, intensity_table
 from cvae.data.synthetic_motion import es_to_ed
@@ -378,9 +379,7 @@ def make_cohort(
     n_train, n_test = _check_int("n_train", n_train), _check_int("n_test", n_test)
     seed = _check_int("seed", seed)
     workers = (os.cpu_count() or 1) if workers is None else _check_int("workers", workers, minimum=1)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} is a file: give a directory (it is created if missing)")
+    out = check_writable(out)
     jobs = [("training", k, k + 1, seed, cine, str(out)) for k in range(n_train)]
     jobs += [("testing", k, n_train + k + 1, seed, cine, str(out)) for k in range(n_test)]
     for split in SPLITS:

@@ -48,7 +48,7 @@ from cvae.data.preprocess import PreprocessedPair
 from cvae.evaluation.figures import write_figures
 from cvae.evaluation.metrics import EmptyStructureWarning, case_metrics
 from cvae.fields import image_tensor, jacobian_determinant, warp, warp_labels
-from cvae.io.atomic import write_csv, write_text
+from cvae.io.atomic import check_writable, write_csv, write_text
 from cvae.methods import METHODS, Method, MethodUnavailable, displacement_array, get_method
 from cvae.paths import data_root, results_root
 
@@ -260,6 +260,7 @@ def run_evaluation(data: str | Path, methods: Sequence[Method], out: str | Path,
     Benchmark page run. Returns ``(cases, written paths)``; ``ValueError`` when no method can run."""
     if not methods:
         raise ValueError("none of the requested methods can run here" + (f" ({skipped[0]})" if skipped else ""))
+    check_writable(out)
     size, spacing = evaluation_grid(methods)
     cases = evaluate_cohort(data, methods, split, limit, cache_dir, progress=progress, on_case=on_case)
     grid = f"{'x'.join(map(str, size))} voxels of {' x '.join(f'{s:g}' for s in spacing)} mm"

@@ -2,8 +2,12 @@
 
 Everything is first written into a temporary sibling (same folder, so the final ``os.replace`` is a rename on one
 file system) and then swapped in. A process killed while writing leaves the previous version (or nothing) and at most
-a hidden ``.<name>.tmp-*`` entry. The results get ordinary permissions (files 0644, folders 0755), not the private
-ones of ``tempfile``.
+a hidden ``.<name>.tmp-*`` entry, which the next write of the same folder sweeps away. A folder is replaced by two
+renames (the old one to ``.<name>.old``, the new one into place): a kill between them leaves no folder, only those
+two hidden ones, and :func:`recover_folder` puts the newest usable one back. The results get the permissions the
+user's umask gives (e.g. files 0644, folders 0755), not the private ones of ``tempfile``.
+
+:func:`check_writable` tells, before any work, whether an output can be written where the user asked.
 """
 from __future__ import annotations
 
@@ -17,9 +21,30 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pandas is only needed by the caller that has a table
     import pandas as pd
 
-__all__ = ["atomic_write", "write_text", "write_csv", "atomic_folder"]
+__all__ = ["atomic_write", "write_text", "write_csv", "atomic_folder", "recover_folder", "check_writable"]
 
-FILE_MODE, FOLDER_MODE = 0o644, 0o755
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Permissions of a new file under the user's umask (0644 with the usual 022)."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """Permissions of a new folder under the user's umask (0755 with the usual 022)."""
+    return 0o777 & ~_umask()
 
 
 def _fsync(path: Path) -> None:
@@ -40,7 +65,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = Path(name)
     try:
         write(tmp)
-        tmp.chmod(FILE_MODE)
+        tmp.chmod(file_mode())
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -67,17 +92,20 @@ def atomic_folder(folder: str | os.PathLike, write: Callable[[Path], None], *,
     one is renamed into place, then removed. With ``merge_into`` (the names of every file this kind of folder may
     hold), an existing ``folder`` is kept with whatever else it holds: the new files are moved into it one by one,
     and the names of ``merge_into`` that this write did not produce are removed (they would be stale). Returns
-    ``folder``.
+    ``folder``. Leftovers of an earlier write of ``folder`` killed half-way (``.<name>.tmp-*``) are removed first:
+    one folder has one writer at a time (call :func:`recover_folder` before, where a leftover may be worth keeping).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         write(tmp)
-        tmp.chmod(FOLDER_MODE)
+        tmp.chmod(folder_mode())
         for entry in tmp.iterdir():
             if entry.is_file():
-                entry.chmod(FILE_MODE)
+                entry.chmod(file_mode())
                 _fsync(entry)
         if merge_into is not None and folder.is_dir():
             for name in merge_into:
@@ -98,3 +126,44 @@ def atomic_folder(folder: str | os.PathLike, write: Callable[[Path], None], *,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def recover_folder(folder: str | os.PathLike, score: Callable[[Path], float | None]) -> Path | None:
+    """``folder`` if it exists; else the leftover of an :func:`atomic_folder` killed between its two renames (the old
+    ``.<name>.old`` or a finished ``.<name>.tmp-*``) with the highest ``score`` (``None``: unusable), renamed back to
+    ``folder``; else ``None``. ``score`` checks that a leftover is complete (e.g. a checkpoint that loads) and ranks
+    them (e.g. by training step)."""
+    folder = Path(folder)
+    if folder.exists():
+        return folder
+    leftovers = [p for p in (folder.with_name(f".{folder.name}.old"), *folder.parent.glob(f".{folder.name}.tmp-*"))
+                 if p.is_dir()]
+    scored = [(value, p) for p in leftovers if (value := score(p)) is not None]
+    if not scored:
+        return None
+    os.replace(max(scored, key=lambda item: item[0])[1], folder)
+    return folder
+
+
+def check_writable(path: str | os.PathLike, option: str = "--out", folder: bool = True) -> Path:
+    """Check before any work that the output ``path`` (a folder, or a file with ``folder=False``) can be written:
+    ``ValueError`` naming ``option`` when it is a file where a folder is wanted (or the reverse), or when the nearest
+    existing folder on its way cannot be written into (tried with a temporary file). Returns ``path``."""
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file: give a directory (it is created if missing)")
+    if not folder and path.is_dir():
+        raise ValueError(f"{option} {path} is a directory: give a file name")
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path}: {existing} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".cvae-write-test-")
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot write in {existing} ({exc.strerror or exc}): choose another place") \
+            from None
+    os.close(handle)
+    os.unlink(probe)
+    return path

@@ -49,11 +49,11 @@ from scipy import ndimage
 
 from cvae.checkpoint import load_checkpoint
 from cvae.cli import run_command
-from cvae.data.acdc import load_label, load_nifti
+from cvae.data.acdc import ENV_MAX_VOXELS, MAX_VOXELS, load_label, load_nifti
 from cvae.data.preprocess import PreprocessedPair, preprocess_image_pair, resample_to_grid
 from cvae.evaluation.metrics import mean_displacement_mm, mean_scores, negative_jacobian_fraction, structure_scores
 from cvae.fields import image_tensor
-from cvae.io.atomic import atomic_folder
+from cvae.io.atomic import atomic_folder, check_writable
 from cvae.io.nifti import save_vector_field, save_volume
 from cvae.latent.refine import DEFAULT_STEPS, register_refined
 
@@ -76,8 +76,9 @@ class _Inputs:
     moving_seg: np.ndarray | None
 
 
-def _load_seg(path: str | os.PathLike, image: np.ndarray, affine: np.ndarray, role: str) -> np.ndarray:
-    label, label_affine = load_label(path)
+def _load_seg(path: str | os.PathLike, image: np.ndarray, affine: np.ndarray, role: str,
+              limit: int | None) -> np.ndarray:
+    label, label_affine = load_label(path, limit)
     if label.shape != image.shape or not np.allclose(label_affine, affine, atol=1e-3):
         raise ValueError(f"{path}: the {role} segmentation's grid (shape {label.shape}) differs from the {role} "
                          f"image's (shape {image.shape}, affine): give the segmentation of that image on its grid")
@@ -85,18 +86,37 @@ def _load_seg(path: str | os.PathLike, image: np.ndarray, affine: np.ndarray, ro
 
 
 def _load_inputs(fixed: str | os.PathLike, moving: str | os.PathLike, fixed_seg: str | os.PathLike | None,
-                 moving_seg: str | os.PathLike | None) -> _Inputs:
-    """Load and check everything before any computation; one-line ``ValueError`` on bad input."""
+                 moving_seg: str | os.PathLike | None, limit: int | None = None) -> _Inputs:
+    """Load and check everything before any computation (volumes of at most ``limit`` voxels, default
+    :func:`cvae.data.acdc.max_voxels`); one-line ``ValueError`` on bad input."""
     images = []
     for path in (fixed, moving):
-        data, affine, _ = load_nifti(path)
+        data, affine, _ = load_nifti(path, limit)
         if data.min() == data.max():
             raise ValueError(f"{path}: image is constant (all voxels = {data.flat[0]:g}): nothing to register")
         images.append((data, affine))
     (f, fa), (m, ma) = images
     return _Inputs(f, fa, m, ma,
-                   None if fixed_seg is None else _load_seg(fixed_seg, f, fa, "fixed"),
-                   None if moving_seg is None else _load_seg(moving_seg, m, ma, "moving"))
+                   None if fixed_seg is None else _load_seg(fixed_seg, f, fa, "fixed", limit),
+                   None if moving_seg is None else _load_seg(moving_seg, m, ma, "moving", limit))
+
+
+def _earlier_outputs(out: Path, overwrite: bool) -> list[str] | None:
+    """The files an earlier ``cvae register`` wrote into ``out`` (listed in its ``metrics.json``), which this run
+    replaces or removes; ``None`` when ``out`` is missing or empty. A folder holding other files is refused (before
+    any work) unless ``overwrite``, and then only the files of the same names as this run's outputs are replaced."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    try:
+        earlier = json.loads((out / "metrics.json").read_text())
+        if isinstance(earlier, dict) and "model_grid" in earlier and "checkpoint" in earlier:
+            return [name for name in earlier.get("files", OUTPUT_FILES) if name in OUTPUT_FILES]
+    except (OSError, ValueError):
+        pass
+    if not overwrite:
+        raise ValueError(f"--out {out} holds files that cvae register did not write: give a new or empty folder, or "
+                         "pass --overwrite to replace only the files named like its outputs")
+    return []
 
 
 def _same_grid(shape_a: tuple, affine_a: np.ndarray, shape_b: tuple, affine_b: np.ndarray) -> bool:
@@ -209,20 +229,24 @@ def _segmentation_metrics(inputs: _Inputs, warped_seg: np.ndarray) -> dict[str, 
 def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str | os.PathLike,
                    checkpoint: str | os.PathLike = "synthetic-acdc", fixed_seg: str | os.PathLike | None = None,
                    moving_seg: str | os.PathLike | None = None, device: str | torch.device = "auto",
-                   refine_steps: int = 0) -> dict[str, Any]:
+                   refine_steps: int = 0, max_voxels: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Register the NIfTI ``moving`` to ``fixed`` and write the outputs of the module docstring into ``out``.
 
     ``refine_steps > 0`` refines the pair's code by that many gradient steps before decoding
     (:func:`cvae.latent.refine.register_refined`); ``metrics.json`` then records the pair's LCC before and after.
+    Volumes above ``max_voxels`` (default :func:`cvae.data.acdc.max_voxels`) are refused from their headers. ``out``
+    must be new, empty or written by an earlier ``cvae register`` (whose outputs are replaced; ``metrics.json`` lists
+    the ``files`` of a run); with ``overwrite`` a folder holding other files is accepted and only the files named like
+    this run's outputs are replaced.
 
     Returns the content of ``metrics.json`` (NaN as ``None``) plus ``"outputs"``: ``{file name: path}``.
-    Raises ``ValueError`` (one line) for bad input; nothing is written to ``out`` then.
+    Raises ``ValueError`` (one line) for bad input, checked before any computation where it can be; nothing is
+    written to ``out`` then.
     """
     start = time.perf_counter()
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} is a file: give a directory (it is created if missing)")
-    inputs = _load_inputs(fixed, moving, fixed_seg, moving_seg)
+    out = check_writable(out)
+    earlier = _earlier_outputs(out, overwrite)
+    inputs = _load_inputs(fixed, moving, fixed_seg, moving_seg, max_voxels)
     model, config = load_checkpoint(checkpoint, device)
     size = tuple(int(n) for n in model.config.image_size)
     spacing = tuple(float(s) for s in config["spacing"])
@@ -273,14 +297,15 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
             save_volume(tmp / name, volume, affine, np.uint8 if name == "warped_seg.nii.gz" else np.float32)
         for name, field in fields.items():
             save_vector_field(tmp / name, field, affine)
+        metrics["files"] = sorted([*volumes, *fields, "metrics.json"])
         metrics["seconds"] = {"preprocessing": preprocessed - start, "registration": registered - preprocessed,
                               "resampling": resampled - registered,
                               "writing": time.perf_counter() - resampled, "total": time.perf_counter() - start}
         (tmp / "metrics.json").write_text(json.dumps(_finite_or_none(metrics), indent=2) + "\n")
 
-    atomic_folder(out, write, merge_into=OUTPUT_FILES)
+    atomic_folder(out, write, merge_into=earlier)
     metrics = _finite_or_none(metrics)
-    metrics["outputs"] = {name: str(out / name) for name in OUTPUT_FILES if (out / name).exists()}
+    metrics["outputs"] = {name: str(out / name) for name in metrics["files"]}
     return metrics
 
 
@@ -288,8 +313,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvae register", description=__doc__.split("\n")[0])
     parser.add_argument("--fixed", required=True, help="fixed image (NIfTI, 3-D), e.g. the ES frame")
     parser.add_argument("--moving", required=True, help="moving image (NIfTI, 3-D), e.g. the ED frame")
-    parser.add_argument("--out", required=True, help="output folder (created; earlier outputs in it are replaced, "
-                        "other files kept)")
+    parser.add_argument("--out", required=True, help="output folder: new, empty, or one an earlier cvae register "
+                        "wrote (its outputs are replaced)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a folder holding other files, "
+                        "replacing only those named like the outputs")
     parser.add_argument("--fixed-seg", help="segmentation of the fixed image (ACDC labels 0-3), for Dice/HD95")
     parser.add_argument("--moving-seg", help="segmentation of the moving image, warped to warped_seg.nii.gz")
     parser.add_argument("--checkpoint", default="synthetic-acdc", help="checkpoint name or folder (default "
@@ -298,6 +325,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-steps", type=int, default=0, help="refine the pair's code by N gradient steps "
                         f"before decoding (default 0: one forward pass; {DEFAULT_STEPS} is a good start, about "
                         "0.5 s each on a CPU)")
+    parser.add_argument("--max-voxels", type=int, default=None, help="refuse volumes larger than this many voxels, "
+                        f"read from their headers (default ${ENV_MAX_VOXELS} or {MAX_VOXELS:,})")
     return parser
 
 
@@ -307,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> str:
         metrics = register_files(args.fixed, args.moving, args.out, args.checkpoint, args.fixed_seg,
-                                 args.moving_seg, args.device, args.refine_steps)
+                                 args.moving_seg, args.device, args.refine_steps, args.max_voxels, args.overwrite)
         line = (f"wrote {len(metrics['outputs'])} files to {args.out} in {metrics['seconds']['total']:.1f} s "
                 f"(registration {metrics['seconds']['registration']:.2f} s); "
                 f"folding {100 * metrics['negative_jacobian_fraction']:.3f} %")

@@ -24,7 +24,7 @@ from cvae.cli import run_command
 from cvae.data.dataset import PairDataset
 from cvae.data.grid import DEFAULT_SPACING
 from cvae.evaluation.clinical import MEASURE_UNITS, clinical_measures
-from cvae.io.atomic import write_csv
+from cvae.io.atomic import check_writable, write_csv
 from cvae.latent.table import check_table, latent_dim_of, mu_columns, sigma_columns
 from cvae.model import CVAERegistration, ModelConfig
 from cvae.paths import cache_root, data_root
@@ -195,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).expanduser()
 
     def body() -> str:
-        if out.is_dir():
-            raise ValueError(f"--out {out} is a directory: give a file name such as codes.csv")
+        check_writable(out, folder=False)
         table = encode_cohort(args.checkpoint, args.data, None if args.split == "all" else args.split,
                               device=args.device, batch_size=args.batch_size, cache=not args.no_cache,
                               progress=True)

@@ -29,6 +29,7 @@ from torch import nn
 from cvae.checkpoint import load_checkpoint, read_config, resolve_checkpoint, save_checkpoint
 from cvae.cli import run_command
 from cvae.data.dataset import PairDataset
+from cvae.io.atomic import check_writable
 from cvae.latent.codes import as_image
 from cvae.latent.cohort import encode_cohort
 from cvae.latent.table import latent_dim_of, mu_columns, sigma_columns
@@ -132,6 +133,7 @@ def standardise_checkpoint(checkpoint: str | os.PathLike, root: str | os.PathLik
         raise ValueError(f"--out {out} is the source checkpoint folder: write the standardised one to a new folder")
     if out.exists():
         raise ValueError(f"--out {out} already exists: remove it or choose a new folder")
+    check_writable(out)
     if not root.is_dir():
         raise ValueError(f"cohort folder {root} not found: give an ACDC-style folder with --data")
     model, config = load_checkpoint(folder, device)

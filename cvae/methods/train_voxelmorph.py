@@ -37,11 +37,12 @@ from safetensors.torch import save as safetensors_bytes
 from cvae.cli import run_command
 from cvae.config import add_config_arguments, config_from_arguments, option
 from cvae.device import resolve_device
+from cvae.io.atomic import check_writable
 from cvae.methods.voxelmorph import (VoxelMorph, VoxelMorphConfig, load_voxelmorph_checkpoint, read_voxelmorph_config,
                                      save_voxelmorph)
 from cvae.paths import data_root
 from cvae.training.config import RunConfig
-from cvae.training.loop import RunState, fit, held_out_split, resume_state, rewind_log, run_summary
+from cvae.training.loop import RunState, fit, held_out_split, rewind_log, run_summary, start_state
 
 __all__ = ["VxmTrainConfig", "train_voxelmorph", "export_voxelmorph", "main"]
 
@@ -65,7 +66,7 @@ def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
     device = resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
+    out = check_writable(cfg.out)
     log_path = out / "log.jsonl"
     split = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir, cfg.val_subjects)
     dataset, train_idx, val_idx = split
@@ -73,7 +74,7 @@ def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
     torch.manual_seed(cfg.seed)
     model = VoxelMorph(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    state = resume_state(out / "last", model, optimizer) if cfg.resume and (out / "last").is_dir() else RunState()
+    state = start_state(out, cfg.resume, model, optimizer)
     out.mkdir(parents=True, exist_ok=True)
     rewind_log(log_path, state.step)
     info = {**asdict(cfg), "command": command, "torch": torch.__version__, "voxelmorph": vxm.__version__,

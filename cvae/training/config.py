@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cvae.config import option
+from cvae.config import at_least, option
 from cvae.data.grid import DEFAULT_SPACING
 from cvae.model import ModelConfig
 
@@ -41,6 +41,12 @@ class RunConfig:
     resume: bool = option(False, "continue from <out>/last (for the CVAE, --lr and --weight-decay apply from there "
                                  "on)")
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "steps", "batch_size", "val_every", "save_every")
+        at_least(self, 0, "val_subjects", "time_limit_min", "threads", "lr")
+        if len(self.spacing) != 3 or not all(float(s) > 0 for s in self.spacing):
+            raise ValueError(f"--spacing must be three voxel sizes > 0 mm, got {' '.join(map(str, self.spacing))}")
+
 
 @dataclass
 class TrainConfig(RunConfig):
@@ -56,3 +62,7 @@ class TrainConfig(RunConfig):
     init: str | None = option(None, "start from this checkpoint's weights (name or folder): fine-tuning; the model "
                                     "options must match it")
     model: ModelConfig = option(ModelConfig(), "the network and its objective (cvae.model.ModelConfig)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self, 0, "weight_decay", "kl_delay", "kl_warmup", "code_warmup", "code_warmup_weight", "seg_weight")

@@ -26,16 +26,17 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from cvae.checkpoint import load_training_state, load_weights
+from cvae.checkpoint import load_training_state, load_weights, training_step
+from cvae.cli import Interrupted
 from cvae.data.augment import AugmentParams, augment_batch
 from cvae.data.dataset import PairDataset
 from cvae.evaluation.metrics import mean_dice, negative_jacobian_fraction
 from cvae.fields import image_tensor, warp_labels
-from cvae.io.atomic import write_text
+from cvae.io.atomic import recover_folder, write_text
 from cvae.model import CVAERegistration
 
 __all__ = ["LoopSettings", "HeldOut", "RunState", "StopFlag", "collate", "rewind_log", "validate", "fit",
-           "held_out_split", "resume_state", "run_summary"]
+           "held_out_split", "holds_run", "start_state", "resume_state", "run_summary"]
 
 
 class LoopSettings(Protocol):
@@ -52,10 +53,12 @@ class LoopSettings(Protocol):
 
 
 class StopFlag:
-    """Turns SIGTERM and a first Ctrl-C into a request to save and stop after the current step."""
+    """Turns SIGTERM and a first Ctrl-C into a request to save and stop after the current step; ``signum`` is the
+    signal that asked (``None`` for a stop for another reason, such as the time limit)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous = {}
 
     def __enter__(self) -> "StopFlag":
@@ -67,6 +70,7 @@ class StopFlag:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = self.signum or signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -151,7 +155,8 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
     ``best`` and ``last`` through ``save(state, folder, metrics)``, and validates once more when the run stops
     between validations. ``schedule(step)`` gives extra keyword arguments of ``net`` for that step (the CVAE's KL
     and code warm-up weights); they are logged with the loss terms. With ``labels`` the batch's ``moving_label`` and
-    ``fixed_label`` are passed to ``net`` too (the training split must then be labelled).
+    ``fixed_label`` are passed to ``net`` too (the training split must then be labelled). A run stopped by SIGTERM
+    or Ctrl-C saves ``last`` and then raises :class:`cvae.cli.Interrupted` (the command exits with 143 or 130).
     """
     dataset, train_idx, val_idx = split
     sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
@@ -199,10 +204,10 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
                 bar.update(1)
                 if cfg.time_limit_min and state.wall > 60 * cfg.time_limit_min:
                     stop.requested = True
-            if world > 1:
-                flag = torch.tensor([float(stop.requested)], device=device)
-                dist.all_reduce(flag)
-                stop.requested = bool(flag.item())
+            if world > 1:  # every process stops, and knows which signal asked
+                flag = torch.tensor([float(stop.requested), float(stop.signum or 0)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop.requested, stop.signum = bool(flag[0]), int(flag[1]) or None
             done = state.step == cfg.steps or stop.requested
             if rank == 0 and val_idx and (state.step % cfg.val_every == 0 or done):
                 validate_and_keep_best()
@@ -213,6 +218,8 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
     if rank == 0 and val_idx and state.step > validated:
         validate_and_keep_best()
         save(state, "last")
+    if stop.signum is not None:
+        raise Interrupted(stop.signum, f"saved last/ at step {state.step} of {cfg.steps}: continue with --resume")
     return state
 
 
@@ -237,6 +244,38 @@ def held_out_split(data: str | os.PathLike, size: tuple[int, int, int], spacing:
 def run_summary(out: Path) -> str:
     """The line a finished training command prints: where its checkpoints and log are."""
     return f"checkpoints in {out}/last and {out}/best; log in {out}/log.jsonl"
+
+
+def holds_run(out: Path) -> bool:
+    """Whether the run folder ``out`` holds (part of) a run: logged steps, ``best/``, ``last/`` or leftovers of a save
+    of ``last/`` killed half-way."""
+    log = out / "log.jsonl"
+    return ((log.is_file() and log.stat().st_size > 0) or (out / "last").exists() or (out / "best").exists()
+            or any(out.glob(".last.*")))
+
+
+def start_state(out: Path, resume: bool, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, rank: int = 0,
+                world: int = 1, **group_overrides: float) -> RunState:
+    """Where a run starts: step 0 in a new run folder; with ``resume``, its ``last/`` checkpoint (weights and optimiser
+    loaded into ``model`` / ``optimizer``), put back first from the leftovers of a save killed between its renames
+    (the newest that loads, :func:`cvae.io.atomic.recover_folder`).
+
+    A run is never restarted silently: a run folder that :func:`holds_run` is a ``ValueError`` (one line) without
+    ``resume``, and with ``resume`` when no checkpoint of it loads; nothing in the folder is changed then.
+    """
+    last = out / "last"
+    if resume and rank == 0:
+        recover_folder(last, training_step)
+    if world > 1:
+        dist.barrier()  # the other processes read last/ once rank 0 has put it back
+    if resume and last.exists():
+        return resume_state(last, model, optimizer, **group_overrides)
+    if holds_run(out):
+        if resume:
+            raise ValueError(f"--resume: {out} holds a run but no checkpoint of it loads ({last} is missing or "
+                             "incomplete); nothing was changed: remove the folder to start over")
+        raise ValueError(f"--out {out} holds a run already: continue it with --resume, or choose a new folder")
+    return RunState()
 
 
 def resume_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

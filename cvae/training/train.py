@@ -34,7 +34,8 @@ from cvae.device import resolve_device
 from cvae.model import CVAERegistration
 from cvae.paths import data_root
 from cvae.training.config import TrainConfig
-from cvae.training.loop import RunState, fit, held_out_split, resume_state, rewind_log, run_summary
+from cvae.io.atomic import check_writable
+from cvae.training.loop import RunState, fit, held_out_split, rewind_log, run_summary, start_state
 from cvae.training.objective import Objective, loss_schedule
 from cvae.training.warmup import SummaryPCA
 
@@ -78,7 +79,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     cfg = dataclasses.replace(cfg, data=str(cfg.data or data_root()))
-    out = Path(cfg.out)
+    out = check_writable(cfg.out)
     log_path = out / "log.jsonl"
 
     split = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir, cfg.val_subjects)
@@ -89,12 +90,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     model = CVAERegistration(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = RunState()
-    if cfg.resume and (out / "last").is_dir():  # the command line may continue with a new lr, lam, ...
+    state = start_state(out, cfg.resume, model, optimizer, rank=rank, world=world, lr=cfg.lr,
+                        weight_decay=cfg.weight_decay)
+    if cfg.resume and (out / "last").exists():  # the command line may continue with a new lr, lam, ...
         if rank == 0:
             for name, ours, theirs in model_changes(model, out / "last", cfg.spacing):
                 print(f"cvae train: note: resuming with {name}={ours!r} (the run had {theirs!r})", file=sys.stderr)
-        state = resume_state(out / "last", model, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
     elif cfg.init:
         init_weights(model, cfg.init, cfg.spacing)
     if cfg.seg_weight > 0:
@@ -121,15 +122,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                         optimizer=optimizer if folder == "last" else None,
                         trainer={"step": state.step, "best_dice": state.best, "wall_time_s": state.wall})
 
-    with open(log_path, "a", buffering=1) if rank == 0 else nullcontext() as log:
-        state = fit(net, model, optimizer, split, cfg, state, save, log,
-                    device, rank=rank, world=world, progress=progress, schedule=partial(loss_schedule, cfg),
-                    labels=cfg.seg_weight > 0)
+    try:
+        with open(log_path, "a", buffering=1) if rank == 0 else nullcontext() as log:
+            state = fit(net, model, optimizer, split, cfg, state, save, log,
+                        device, rank=rank, world=world, progress=progress, schedule=partial(loss_schedule, cfg),
+                        labels=cfg.seg_weight > 0)
+            if world > 1:
+                checksums = [None] * world
+                dist.all_gather_object(checksums, _param_checksum(model))
+                if rank == 0:
+                    log.write(json.dumps({"kind": "ddp_check", "step": state.step, "checksums": checksums}) + "\n")
+    finally:
         if world > 1:
-            checksums = [None] * world
-            dist.all_gather_object(checksums, _param_checksum(model))
-            if rank == 0:
-                log.write(json.dumps({"kind": "ddp_check", "step": state.step, "checksums": checksums}) + "\n")
             # The DDP wrapper sits in a reference cycle that holds the Gloo process group. Left to the interpreter's
             # exit, the group's threads are torn down during finalisation and the process may abort ("terminate
             # called without an active exception", SIGABRT); collect it first.
@@ -147,8 +151,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config_from_arguments(TrainConfig, vars(_parser().parse_args(argv)))
-    return run_command("cvae train", lambda: run_summary(train(cfg)))
+    values = vars(_parser().parse_args(argv))
+    return run_command("cvae train", lambda: run_summary(train(config_from_arguments(TrainConfig, values))))
 
 
 if __name__ == "__main__":
