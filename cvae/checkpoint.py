@@ -196,11 +196,11 @@ def load_training_state(folder: str | os.PathLike) -> tuple[dict, dict] | None:
     return optimizer, trainer
 
 
-def training_step(folder: str | os.PathLike) -> int | None:
-    """The optimiser step a training checkpoint folder (``<out>/last``) holds, or ``None`` when it is incomplete or
-    does not load (config, weights, optimiser and trainer state are all read)."""
+def training_step(folder: str | os.PathLike, fmt: str = FORMAT) -> int | None:
+    """The optimiser step a training checkpoint folder (``<out>/last``) of format ``fmt`` holds, or ``None`` when it
+    is incomplete or does not load (config, weights, optimiser and trainer state are all read)."""
     try:
-        read_config(folder)
+        read_config(folder, fmt)
         _load_tensors(Path(folder) / MODEL_FILE)
         state = load_training_state(folder)
         return None if state is None else int(state[1]["step"])

@@ -76,8 +76,8 @@ def run_command(prog: str, body: Callable[[], str]) -> int:
         print(f"{prog}: {how}: {message}", file=sys.stderr)
         return 128 + signum
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        if in_main:  # a handler installed outside Python reads as None: the default is the closest
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     print(line)
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import struct
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -139,6 +140,20 @@ def write_patient(
         if labels:
             save_nifti(directory / f"{subject}_frame{frame:02d}_gt.nii.gz", label)
     return directory
+
+
+def malformed_nifti(kind: str) -> bytes:
+    """The bytes of a small float32 ``.nii`` with a broken header: ``"datatype"`` has the unknown datatype code 999
+    (the int16 at byte 70); ``"huge"`` announces 30000 x 30000 x 1000 voxels (dim, at byte 40) over the 8 bytes of
+    data left after the 352-byte header."""
+    raw = bytearray(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)).to_bytes())
+    if kind == "datatype":
+        struct.pack_into("<h", raw, 70, 999)
+        return bytes(raw)
+    if kind == "huge":
+        struct.pack_into("<8h", raw, 40, 3, 30000, 30000, 1000, 1, 1, 1, 1)
+        return bytes(raw[:360])
+    raise ValueError(f"unknown kind {kind!r}")
 
 
 def truncate_es_frame(directory: Path) -> Path:

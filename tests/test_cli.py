@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 import cvae.cli
-from cvae.cli import COMMANDS, run_command
+from cvae.cli import COMMANDS, Interrupted, run_command
+from cvae.io.atomic import atomic_write
 
 
 class ParserCaught(Exception):
@@ -82,3 +88,106 @@ def test_run_command_prints_the_line_or_one_line_of_error(capsys):
 
     with pytest.raises(KeyError):  # not turned into exit code 2: the traceback is needed
         run_command("cvae x", bug)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# interrupts: Ctrl-C (130) and SIGTERM (143), one line each, cleaned up on the way out
+
+
+def test_run_command_turns_ctrl_c_into_exit_130_with_one_line(capsys):
+    def interrupted() -> str:
+        raise KeyboardInterrupt
+
+    assert run_command("cvae x", interrupted) == 130
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "cvae x: interrupted (Ctrl-C): nothing half-written was kept\n"
+
+
+@pytest.mark.parametrize("message, said", [
+    ("saved last/ at step 7 of 100: continue with --resume", "saved last/ at step 7 of 100: continue with --resume"),
+    ("", "nothing half-written was kept"),
+])
+def test_run_command_turns_interrupted_into_128_plus_the_signal(message, said, capsys):
+    def stopped() -> str:
+        raise Interrupted(signal.SIGTERM, message)
+
+    assert run_command("cvae train", stopped) == 143
+    assert capsys.readouterr().err == f"cvae train: stopped by SIGTERM: {said}\n"
+
+    def hung_up() -> str:
+        raise Interrupted(signal.SIGHUP, message)
+
+    assert run_command("cvae train", hung_up) == 128 + signal.SIGHUP
+    assert capsys.readouterr().err == f"cvae train: stopped by SIGHUP: {said}\n"
+
+    def ctrl_c_seen_by_a_loop() -> str:  # a first Ctrl-C, seen by a training loop that saved before stopping
+        raise Interrupted(signal.SIGINT, message)
+
+    assert run_command("cvae train", ctrl_c_seen_by_a_loop) == 130
+    assert capsys.readouterr().err == f"cvae train: interrupted (Ctrl-C): {said}\n"
+
+
+def test_interrupted_is_not_swallowed_by_except_exception():
+    caught = []
+    with pytest.raises(Interrupted) as info:
+        try:
+            raise Interrupted(signal.SIGTERM, "why")
+        except Exception:  # what a command's own error handling catches
+            caught.append(True)
+    assert not caught and issubclass(Interrupted, BaseException)
+    assert info.value.signum == signal.SIGTERM and info.value.message == "why"
+
+
+def previous_handler(signum, frame):  # a handler of the caller's, to be put back
+    raise AssertionError("the caller's SIGTERM handler must not run while the command runs")
+
+
+def test_sigterm_while_the_body_runs_stops_it_cleanly_and_the_old_handler_is_restored(tmp_path, capsys):
+    original = signal.signal(signal.SIGTERM, previous_handler)
+    try:
+        seen = []
+
+        def writer(tmp: Path) -> None:
+            tmp.write_text("half written")
+            seen.append(signal.getsignal(signal.SIGTERM))
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill <pid>` or a scheduler would
+            for _ in range(500):  # the handler raises at the next bytecode; never reached the end
+                time.sleep(0.01)
+            seen.append("not stopped")
+
+        def body() -> str:
+            atomic_write(tmp_path / "result.txt", writer)
+            return "done"
+
+        assert run_command("cvae x", body) == 143
+        assert capsys.readouterr().err == "cvae x: stopped by SIGTERM: nothing half-written was kept\n"
+        assert seen[0] is not previous_handler and "not stopped" not in seen
+        assert list(tmp_path.iterdir()) == []  # the temporary file went on the way out
+        assert signal.getsignal(signal.SIGTERM) is previous_handler  # put back after the command
+
+        def bad() -> str:
+            raise ValueError("bad input")
+
+        assert run_command("cvae x", bad) == 2
+        assert run_command("cvae x", lambda: "ok") == 0
+        assert signal.getsignal(signal.SIGTERM) is previous_handler  # also after an error or a success
+        capsys.readouterr()
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+def test_run_command_in_another_thread_leaves_the_signal_handlers_alone(capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    results, during = [], []
+
+    def body() -> str:
+        during.append(signal.getsignal(signal.SIGTERM))
+        return "done in a thread"
+
+    thread = threading.Thread(target=lambda: results.append(run_command("cvae x", body)))
+    thread.start()
+    thread.join(timeout=30)
+    assert results == [0]  # signal.signal would raise ValueError outside the main thread
+    assert during == [before] and signal.getsignal(signal.SIGTERM) is before
+    assert capsys.readouterr().out == "done in a thread\n"

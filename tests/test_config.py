@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from cvae.config import add_config_arguments, config_from_arguments
+from cvae.config import add_config_arguments, at_least, config_from_arguments
 from cvae.model import ModelConfig
 from cvae.training.config import TrainConfig
 
@@ -57,3 +57,38 @@ def test_a_parsed_model_config_is_its_own_copy():
     first, second = parse([]), parse([])
     assert first.model == second.model and first.model is not second.model
     assert TrainConfig().model is not TrainConfig().model
+
+
+def test_at_least_names_the_option_of_the_first_field_out_of_range():
+    @dataclasses.dataclass
+    class Settings:
+        batch_size: int = 1
+        time_limit_min: float = 0.0
+
+    at_least(Settings(), 0, "batch_size", "time_limit_min")
+    at_least(Settings(batch_size=1), 1, "batch_size")  # the minimum itself is allowed
+    with pytest.raises(ValueError, match=r"^--batch-size must be >= 1, got 0$"):
+        at_least(Settings(batch_size=0, time_limit_min=-1.0), 1, "batch_size", "time_limit_min")
+    with pytest.raises(ValueError, match=r"^--time-limit-min must be >= 0, got -0.5$"):
+        at_least(Settings(time_limit_min=-0.5), 0, "batch_size", "time_limit_min")
+    with pytest.raises(ValueError, match=r"^--time-limit-min must be >= 0.5, got nan$"):  # NaN is no number
+        at_least(Settings(time_limit_min=float("nan")), 0.5, "time_limit_min")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--time-limit-min", "-1"], "--time-limit-min must be >= 0"),
+    (["--val-subjects", "-1"], "--val-subjects must be >= 0"),
+    (["--weight-decay", "nan"], "--weight-decay must be >= 0, got nan"),
+    (["--seg-weight", "-2"], "--seg-weight must be >= 0"),
+    (["--n-steps", "0"], "--n-steps must be >= 1"),
+    (["--integration-downsample", "0"], "--integration-downsample must be >= 1"),
+    (["--kernel-smooth", "8"], "--kernel-smooth an odd number >= 1"),
+    (["--sigma-lcc", "0"], "--sigma-lcc must be > 0"),
+    (["--encoder-channels", "8", "0", "8", "4"], "every channel count and stride must be >= 1"),
+    (["--spacing", "2", "-2", "4"], "--spacing must be three voxel sizes > 0 mm"),
+])
+def test_settings_out_of_range_are_refused_when_the_config_is_built(argv, message):
+    with pytest.raises(ValueError) as info:
+        parse(argv)
+    assert message in str(info.value) and "\n" not in str(info.value)

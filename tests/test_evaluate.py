@@ -243,3 +243,30 @@ def test_merging_runs_keeps_each_method_once_on_common_cases(run, tmp_path):
     assert np.allclose(merged.sort_values(["method", "structure"])["dice"].to_numpy(), expected, equal_nan=True)
     assert "1 common cases" in (tmp_path / "merged" / "summary.md").read_text()
     assert merger.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("where", ["a file", "inside a file", "unwritable"])
+def test_an_out_that_cannot_be_written_fails_before_any_case(where, tiny_cohort, tiny_cache, tmp_path, monkeypatch,
+                                                             capsys):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("mine")
+    out = {"a file": a_file, "inside a file": a_file / "results", "unwritable": tmp_path / "results"}[where]
+    message = {"a file": "is a file: give a directory", "inside a file": "is a file, not a folder",
+               "unwritable": "cannot write in"}[where]
+    if where == "unwritable":
+        def denied(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr("cvae.io.atomic.tempfile.mkstemp", denied)
+    evaluated = []
+
+    def evaluate_pair_spy(*args, **kwargs):
+        evaluated.append(args)
+        raise RuntimeError("a case was evaluated before --out was checked")
+
+    monkeypatch.setattr("cvae.evaluation.evaluate.evaluate_pair", evaluate_pair_spy)
+    assert main(["--data", str(tiny_cohort), "--methods", "identity", "--out", str(out), "--cache", str(tiny_cache),
+                 "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"cvae evaluate: error: --out {out}") and message in err[0], err
+    assert evaluated == [] and sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]

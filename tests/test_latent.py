@@ -272,3 +272,36 @@ def test_latent_claims_benchmark_runs_end_to_end(tmp_path: Path, latent_checkpoi
     assert "refined by 2 Adam steps" in refinement and re.search(r"\| all \| 10 \| 0\.\d+ -> 0\.\d+ \|", refinement)
     assert re.search(r"\| NOR -> NOR keeps LVEF > 50 % \| (\d / 1 \(\d+ %\), mean [\d.-]+ % \| ?){2}", refinement)
     assert claims.main(["--data", str(tmp_path / "nowhere"), "--checkpoint", str(latent_checkpoint)]) == 2
+
+
+def test_cli_embed_checks_its_out_before_encoding(latent_cohort: Path, latent_checkpoint: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded = []
+
+    def encode_spy(*args, **kwargs):
+        encoded.append(args)
+        raise RuntimeError("the cohort was encoded before --out was checked")
+
+    monkeypatch.setattr(cohort, "encode_cohort", encode_spy)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    (tmp_path / "folder").mkdir()
+    cases = [(tmp_path / "folder", "is a directory: give a file name"),
+             (a_file / "codes.csv", f"{a_file} is a file, not a folder")]
+    for out, message in cases:
+        assert cohort.main(["--data", str(latent_cohort), "--checkpoint", str(latent_checkpoint), "--out", str(out),
+                            "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"cvae embed: error: --out {out}") and message in err[0], err
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("cvae.io.atomic.tempfile.mkstemp", denied)
+    out = tmp_path / "folder" / "codes.csv"
+    assert cohort.main(["--data", str(latent_cohort), "--checkpoint", str(latent_checkpoint), "--out", str(out),
+                        "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write in {tmp_path / 'folder'}" in err[0], err
+    assert encoded == [] and list((tmp_path / "folder").iterdir()) == []

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -12,18 +15,19 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from cvae.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from cvae.cli import Interrupted
 from cvae.data.acdc import load_nifti
 from cvae.data.labels import STRUCTURES
 from cvae.data.preprocess import preprocess_image_pair, resample_to_grid
 from cvae.evaluation.metrics import structure_scores
 from cvae.fields import image_tensor
 from cvae.io.nifti import NIFTI_INTENT_VECTOR, load_vector_field
-from cvae.io.register import main, register_files, warp_to_grid
+from cvae.io.register import OUTPUT_FILES, main, register_files, warp_to_grid
 from cvae.latent.refine import refine_code
 from cvae.losses import symmetric_lcc
 from cvae.model import CVAERegistration, ModelConfig
 
-from conftest import TINY_MODEL, TINY_SPACING
+from conftest import TINY_MODEL, TINY_SPACING, malformed_nifti
 
 
 def make_affine(spacing, angles_deg, origin) -> np.ndarray:
@@ -211,10 +215,22 @@ def test_cli_rerun_replaces_outputs_and_drops_stale_ones(nifti_pair, checkpoint,
     assert main(args + ["--moving-seg", str(nifti_pair["moving_seg"])]) == 0
     assert (out / "warped_seg.nii.gz").is_file()
     (out / "notes.txt").write_text("mine")
+    first = json.loads((out / "metrics.json").read_text())["files"]
+    assert first == sorted(OUTPUT_FILES)  # metrics.json lists what the run wrote
     assert main(args) == 0
     assert "wrote 6 files" in capsys.readouterr().out
     assert not (out / "warped_seg.nii.gz").exists() and (out / "notes.txt").read_text() == "mine"
-    assert "segmentation" not in json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "segmentation" not in metrics
+    assert metrics["files"] == sorted(set(OUTPUT_FILES) - {"warped_seg.nii.gz"})
+    assert sorted(p.name for p in out.iterdir()) == sorted(metrics["files"] + ["notes.txt"])
+    # a folder of an earlier version of cvae register (its metrics.json lists no files): all its outputs are known
+    del metrics["files"]
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "warped_seg.nii.gz").write_bytes(b"stale")
+    assert main(args) == 0
+    assert not (out / "warped_seg.nii.gz").exists() and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run"]  # no temporary folder left
 
 
 def _bad_inputs(tmp: Path, pair: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
@@ -296,3 +312,118 @@ def test_register_cli_records_the_refinement(nifti_pair, checkpoint, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "steps must be >= 0" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what --out may be, volumes too large, and interrupts while writing
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """``{name: bytes}`` of every entry of ``folder`` (hidden ones included)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def register_args(pair: dict[str, Path], checkpoint: Path, out: Path) -> list[str]:
+    return ["--fixed", str(pair["fixed"]), "--moving", str(pair["moving"]), "--out", str(out), "--checkpoint",
+            str(checkpoint), "--device", "cpu"]
+
+
+def one_error_line(capfd) -> str:
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("case", ["max-voxels", "datatype", "huge"])
+def test_volumes_too_large_or_with_malformed_headers_exit_2_quietly(case, nifti_pair, checkpoint, tmp_path, capfd,
+                                                                    monkeypatch):
+    monkeypatch.delenv("CVAE_MAX_VOXELS", raising=False)
+    out = tmp_path / "out" / "result"
+    args = register_args(nifti_pair, checkpoint, out)
+    if case == "max-voxels":  # the fixed image has 40 x 44 x 12 voxels
+        args += ["--max-voxels", "100"]
+        message = f"cvae register: error: {nifti_pair['fixed']}: the header announces 40 x 44 x 12 = 21,120 voxels"
+        expected = [message, "above the limit of 100"]
+    else:
+        bad = tmp_path / f"{case}.nii"
+        bad.write_bytes(malformed_nifti(case))
+        args[args.index("--moving") + 1] = str(bad)
+        expected = [f"cvae register: error: {bad}: ",
+                    "unreadable or corrupt NIfTI" if case == "datatype" else "900,000,000,000 voxels, above the limit"]
+    assert main(args) == 2
+    line = one_error_line(capfd)  # nothing else on stderr: no traceback, nothing from nibabel
+    assert line.startswith(expected[0]) and expected[1] in line, line
+    assert not (tmp_path / "out").exists()
+    assert main(register_args(nifti_pair, checkpoint, out) + ["--max-voxels", str(40 * 44 * 12)]) == 0
+    assert (out / "warped.nii.gz").is_file()
+
+
+def test_an_out_folder_holding_other_files_is_refused_unless_overwrite(nifti_pair, checkpoint, tmp_path, capfd):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    (out / "warped.nii.gz").write_bytes(b"my own warped image")
+    (out / "warped_seg.nii.gz").write_bytes(b"my own segmentation")
+    before = snapshot(out)
+    # refused before anything is loaded: a missing input would be the error otherwise
+    missing = register_args(nifti_pair, checkpoint, out)
+    missing[missing.index("--fixed") + 1] = str(tmp_path / "no-such-image.nii.gz")
+    assert main(missing) == 2
+    line = one_error_line(capfd)
+    assert line.startswith(f"cvae register: error: --out {out} holds files that cvae register did not write")
+    assert "--overwrite" in line
+    assert main(register_args(nifti_pair, checkpoint, out)) == 2
+    assert "holds files that cvae register did not write" in one_error_line(capfd)
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+    assert main(register_args(nifti_pair, checkpoint, out) + ["--overwrite"]) == 0
+    assert "wrote 6 files" in capfd.readouterr().out
+    written = set(OUTPUT_FILES) - {"warped_seg.nii.gz"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(written | {"notes.txt", "warped_seg.nii.gz"})
+    assert (out / "notes.txt").read_text() == "my notes"  # the rest is kept, even a file named like an output
+    assert (out / "warped_seg.nii.gz").read_bytes() == b"my own segmentation"  # that this run does not write
+    assert nib.load(str(out / "warped.nii.gz")).shape == FIXED_GRID[0]  # replaced by this run's
+    assert sorted(json.loads((out / "metrics.json").read_text())["files"]) == sorted(written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_an_empty_out_folder_is_accepted_and_a_new_one_gets_the_umask_mode(nifti_pair, checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(register_args(nifti_pair, checkpoint, tmp_path / "empty")) == 0
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == sorted(set(OUTPUT_FILES) - {"warped_seg.nii.gz"})
+    previous = os.umask(0o027)
+    try:
+        assert main(register_args(nifti_pair, checkpoint, tmp_path / "private")) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o750
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "private").iterdir()} == {0o640}
+
+
+@pytest.mark.parametrize("interrupt, code, how", [
+    (KeyboardInterrupt, 130, "interrupted (Ctrl-C)"),
+    (lambda: Interrupted(signal.SIGTERM), 143, "stopped by SIGTERM"),
+])
+def test_an_interrupt_while_writing_keeps_the_earlier_outputs(interrupt, code, how, nifti_pair, checkpoint, tmp_path,
+                                                              capfd, monkeypatch):
+    out = tmp_path / "run"
+    args = register_args(nifti_pair, checkpoint, out)
+    assert main(args + ["--moving-seg", str(nifti_pair["moving_seg"])]) == 0
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    capfd.readouterr()
+    calls = []
+
+    def stopped(path, *rest, **kwargs):
+        calls.append(Path(path).parent)
+        (Path(path).parent / "half-written.nii.gz").write_bytes(b"half")
+        raise interrupt()
+
+    monkeypatch.setattr("cvae.io.register.save_vector_field", stopped)
+    assert main(args) == code  # this run would also remove warped_seg.nii.gz
+    assert one_error_line(capfd) == f"cvae register: {how}: nothing half-written was kept"
+    assert calls and calls[0].name.startswith(".run.tmp-")  # it was writing into the temporary folder
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no .run.tmp-* left
+    assert main(register_args(nifti_pair, checkpoint, tmp_path / "new")) == code
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # a new folder is not created at all

@@ -252,3 +252,20 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "ok"), "--n-train", "1", "--n-test", "0", "--workers", "1"]) == 0
     assert (tmp_path / "ok" / "training" / "patient001" / "Info.cfg").exists()
     assert not any((tmp_path / "ok" / "testing").iterdir())
+
+
+def test_cli_refuses_an_out_it_cannot_write_before_making_a_subject(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["--out", str(a_file / "cohort"), "--n-train", "1", "--n-test", "0", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"cvae synth: error: --out {a_file / 'cohort'}: {a_file} is a file")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("cvae.io.atomic.tempfile.mkstemp", denied)
+    assert main(["--out", str(tmp_path / "cohort"), "--n-train", "1", "--n-test", "0", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write in {tmp_path} (Permission denied)" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # nothing made

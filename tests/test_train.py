@@ -4,8 +4,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +19,8 @@ from cvae.checkpoint import CheckpointError, load_checkpoint, load_model, save_c
 from cvae.data.labels import STRUCTURES
 from cvae.model import CVAERegistration, ModelConfig
 from cvae.training.config import TrainConfig
-from cvae.training.loop import held_out_split, validate
-from cvae.training.train import train
+from cvae.training.loop import check_run_folder, held_out_split, holds_run, validate
+from cvae.training.train import main, train
 
 from conftest import TINY_MODEL, TINY_SPACING, dice_by_hand, folding_by_hand, nearest_warp
 
@@ -216,3 +219,234 @@ def test_shipped_checkpoint_registers_a_test_pair_better_than_identity(name, tin
         gains.append(after - before)
         assert float((r.jacobian <= 0).float().mean()) == 0.0
     assert np.mean(gains) > 0.05
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a run is never restarted silently; --resume puts back a save killed between its renames; signals save and stop
+
+#: The tiny model as command-line options (no booleans among them).
+MODEL_FLAGS = [str(a) for k, v in TINY_MODEL.items()
+               for a in ("--" + k.replace("_", "-"), *(v if isinstance(v, tuple) else (v,)))]
+
+
+def cli_args(cohort: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    """``cvae train`` options of :func:`tiny_config` (``extra`` last: they win)."""
+    return ["--data", str(cohort), "--out", str(out), *MODEL_FLAGS, "--lam", "5000", "--spacing",
+            *map(str, TINY_SPACING), "--val-subjects", "2", "--val-every", "4", "--save-every", "2", "--threads", "1",
+            "--cache-dir", str(cache), "--device", "cpu", *extra]
+
+
+def folder_state(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under ``folder`` (hidden ones included): file bytes, ``None`` for a folder."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+def train_steps(out: Path) -> list[int]:
+    return [d["step"] for d in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if d["kind"] == "train"]
+
+
+def trainer_step(folder: Path) -> int:
+    return json.loads((folder / "trainer.json").read_text())["step"]
+
+
+@pytest.fixture(scope="module")
+def run_at_step_4(tiny_cohort, tiny_cache, tmp_path_factory) -> tuple[Path, Path]:
+    """A run folder at step 4 (``last/`` saved at 2 and 4, ``best/`` at 4) and a copy of its ``last/`` at step 2."""
+    root = tmp_path_factory.mktemp("resumable")
+    out = root / "run"
+    train(tiny_config(tiny_cohort, out, tiny_cache, steps=2), progress=False)
+    shutil.copytree(out / "last", root / "last-at-2")
+    train(tiny_config(tiny_cohort, out, tiny_cache, steps=4, resume=True), progress=False)
+    assert trainer_step(out / "last") == 4 and train_steps(out) == [1, 2, 3, 4]
+    return out, root / "last-at-2"
+
+
+@pytest.fixture
+def run_copy(run_at_step_4, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(run_at_step_4[0], out)
+    return out
+
+
+def test_holds_run(tmp_path):
+    out = tmp_path / "run"
+    assert not holds_run(out)  # missing
+    out.mkdir()
+    (out / "log.jsonl").write_text("")
+    (out / "notes.txt").write_text("mine")
+    assert not holds_run(out)  # an empty log and other files are no run
+    (out / "log.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    assert holds_run(out)
+    (out / "log.jsonl").unlink()
+    for entry in ("last", "best", ".last.old", ".last.tmp-abc"):
+        (out / entry).mkdir()
+        assert holds_run(out), entry
+        (out / entry).rmdir()
+    assert not holds_run(out)
+
+
+def test_a_run_folder_is_not_restarted_without_resume(run_copy, tiny_cohort, tiny_cache, capsys):
+    before = folder_state(run_copy)
+    with pytest.raises(ValueError) as info:
+        train(tiny_config(tiny_cohort, run_copy, tiny_cache, steps=6), progress=False)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(f"--out {run_copy} holds a run already: continue it with --resume")
+    assert folder_state(run_copy) == before
+    # the command: one line, exit code 2, nothing changed
+    assert main(cli_args(tiny_cohort, run_copy, tiny_cache, "--steps", "6")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cvae train: error: {text}"]
+    assert folder_state(run_copy) == before
+    # leftovers of a killed save alone are a run too (check_run_folder, without loading any data)
+    shutil.rmtree(run_copy / "best")
+    (run_copy / "log.jsonl").unlink()
+    os.replace(run_copy / "last", run_copy / ".last.tmp-killed")
+    with pytest.raises(ValueError, match="holds a run already"):
+        check_run_folder(run_copy, False)
+    assert sorted(p.name for p in run_copy.iterdir()) == [".last.tmp-killed"]
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["newest-complete", "newest-incomplete"])
+def test_resume_puts_back_a_save_killed_between_its_renames(complete, run_copy, run_at_step_4, tiny_cohort,
+                                                            tiny_cache):
+    out = run_copy
+    os.replace(out / "last", out / ".last.tmp-x7q")  # killed after its new last/ was complete, before the rename
+    shutil.copytree(run_at_step_4[1], out / ".last.old")  # ... and after the old one (step 2) was moved aside
+    if not complete:  # killed while writing the new one: the old one is the newest usable
+        (out / ".last.tmp-x7q" / "trainer.json").unlink()
+    recovered = 4 if complete else 2
+    # mark the logged lines: those the resumed run keeps stay marked, those it writes again are new
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    (out / "log.jsonl").write_text("".join(json.dumps({**d, "before": True}) + "\n" for d in lines))
+
+    train(tiny_config(tiny_cohort, out, tiny_cache, steps=6, resume=True), progress=False)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [d["step"] for d in log if d["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # each step once: continued, not restarted
+    assert all(d.get("before") for d in log if d["step"] <= recovered)
+    assert not any(d.get("before") for d in log if d["step"] > recovered)  # logged again from the recovered step
+    assert trainer_step(out / "last") == 6
+    # the leftovers are gone: the unused one swept by the next save of last/
+    assert sorted(p.name for p in out.iterdir()) == ["best", "last", "log.jsonl"]
+
+
+@pytest.mark.parametrize("case", ["only-an-incomplete-leftover", "no-last", "last-without-training-state",
+                                  "last-with-corrupt-trainer"])
+def test_resume_without_a_loadable_checkpoint_is_one_line_and_changes_nothing(case, run_copy, tiny_cohort,
+                                                                              tiny_cache, capsys):
+    out = run_copy
+    if case == "only-an-incomplete-leftover":
+        os.replace(out / "last", out / ".last.tmp-x7q")
+        (out / ".last.tmp-x7q" / "trainer.json").unlink()
+    elif case == "no-last":
+        shutil.rmtree(out / "last")
+    elif case == "last-without-training-state":  # e.g. best/ copied over last/: weights, no optimiser or step
+        shutil.rmtree(out / "last")
+        shutil.copytree(out / "best", out / "last")
+    else:
+        (out / "last" / "trainer.json").write_text('{"step": 4, "optim')
+    before = folder_state(out)
+    assert main(cli_args(tiny_cohort, out, tiny_cache, "--steps", "6", "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cvae train: error: "), err
+    if case in ("only-an-incomplete-leftover", "no-last"):
+        assert f"--resume: {out} holds a run but no checkpoint of it loads" in err[0]
+    assert folder_state(out) == before
+
+
+@pytest.mark.parametrize("flags, option", [
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--save-every", "0"], "--save-every must be >= 1, got 0"),
+    (["--val-every", "0"], "--val-every must be >= 1, got 0"),
+    (["--steps", "-5"], "--steps must be >= 1, got -5"),
+    (["--lr", "-0.1"], "--lr must be >= 0, got -0.1"),
+    (["--lr", "nan"], "--lr must be >= 0, got nan"),
+    (["--kl-warmup", "-1"], "--kl-warmup must be >= 0"),
+    (["--lam", "-1"], "--lam must be >= 0, got -1.0"),
+    (["--latent-dim", "0"], "--latent-dim must be >= 1, got 0"),
+    (["--kernel-lcc", "4"], "--kernel-lcc an odd number >= 1, got 2.0 and 4"),
+    (["--sigma-smooth", "0"], "--sigma-smooth must be > 0"),
+    (["--spacing", "1", "0", "1"], "--spacing must be three voxel sizes > 0 mm, got 1.0 0.0 1.0"),
+])
+def test_bad_settings_are_one_line_before_anything_is_loaded(flags, option, tmp_path, capsys):
+    out = tmp_path / "run"
+    # no data to load: the setting must be refused before anything would start
+    assert main(["--data", str(tmp_path / "nonexistent"), "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cvae train: error: ") and option in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_that_cannot_be_a_run_folder_is_refused_before_the_data_is_read(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for out, message in ((a_file, "is a file: give a directory"), (a_file / "run", "is a file, not a folder")):
+        assert main(["--data", str(tmp_path / "nonexistent"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"cvae train: error: --out {out}") and message in err[0], err
+    assert a_file.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_resume_says_which_model_settings_changed(run_copy, tiny_cohort, tiny_cache, capsys):
+    # --steps 4: the run is there already, nothing to train; only what --resume says is looked at
+    assert main(cli_args(tiny_cohort, run_copy, tiny_cache, "--steps", "4", "--resume")) == 0
+    assert "note" not in capsys.readouterr().err  # the same settings: nothing to say
+    assert main(cli_args(tiny_cohort, run_copy, tiny_cache, "--steps", "4", "--resume", "--lam", "100")) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note" in line]
+    assert notes == ["cvae train: note: resuming with lam=100.0 (the run had 5000.0)"]
+
+
+def test_a_first_ctrl_c_saves_last_and_exits_130(tiny_cohort, tiny_cache, tmp_path, monkeypatch, capsys):
+    import cvae.training.train as train_module
+
+    real = train_module.loss_schedule
+
+    def schedule(cfg, step):
+        if step == 2:  # during the third step
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                raise AssertionError("no handler of the training loop for Ctrl-C")  # never interrupt pytest itself
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(cfg, step)
+
+    monkeypatch.setattr(train_module, "loss_schedule", schedule)
+    out = tmp_path / "run"
+    assert main(cli_args(tiny_cohort, out, tiny_cache, "--steps", "1000")) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "cvae train: interrupted (Ctrl-C): saved last/ at step 3 of 1000: continue with --resume"
+    assert trainer_step(out / "last") == 3 and train_steps(out) == [1, 2, 3]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's own handler is back
+
+
+def test_sigterm_saves_last_and_exits_143_then_resume_continues(tiny_cohort, tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    args = cli_args(tiny_cohort, out, tiny_cache, "--val-every", "1000", "--save-every", "1000")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cvae.cli", "train", *args, "--steps", "1000000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            log = out / "log.jsonl"
+            if log.is_file() and log.read_text().count('"kind": "train"') >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert (out / "log.jsonl").read_text().count('"kind": "train"') >= 3, "no training steps within 90 s"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr[-3000:]
+    last_line = stderr.strip().splitlines()[-1].split("\r")[-1]
+    prefix, suffix = "cvae train: stopped by SIGTERM: saved last/ at step ", " of 1000000: continue with --resume"
+    assert last_line.startswith(prefix) and last_line.endswith(suffix), last_line
+    assert "Traceback" not in stderr and stdout == ""
+    step = int(last_line[len(prefix):-len(suffix)])
+    assert step >= 3 and trainer_step(out / "last") == step
+    assert max(train_steps(out)) == step
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".last.")]  # no .last.tmp-* or .last.old
+
+    assert main([*args, "--steps", str(step + 2), "--resume"]) == 0
+    assert train_steps(out) == list(range(1, step + 3)) and trainer_step(out / "last") == step + 2

@@ -13,6 +13,8 @@ import pytest
 from cvae.data.preprocess import preprocess_image_pair
 from cvae.io.uploads import MAX_UPLOAD_MB, Upload, UploadError, check_upload, stage_uploads, staged_uploads
 
+from conftest import malformed_nifti
+
 AFFINE = np.diag([1.6, 1.6, 8.0, 1.0])
 
 
@@ -125,3 +127,41 @@ def test_the_app_limit_matches_the_streamlit_config():
     config = (Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text()
     assert f"maxUploadSize = {MAX_UPLOAD_MB}" in config
     assert 'address = "127.0.0.1"' in config
+
+
+@pytest.mark.parametrize("kind, name, message", [
+    ("datatype", "scan.nii", "unreadable or corrupt NIfTI"),
+    ("datatype", "scan.nii.gz", "unreadable or corrupt NIfTI"),
+    ("huge", "scan.nii", "the header announces 30000 x 30000 x 1000 = 900,000,000,000 voxels, above the limit"),
+    ("huge", "scan.nii.gz", "the header announces 30000 x 30000 x 1000 = 900,000,000,000 voxels, above the limit"),
+])
+def test_malformed_headers_are_refused_in_one_line_naming_the_upload(tmp_path, monkeypatch, capfd, kind, name,
+                                                                     message):
+    monkeypatch.delenv("CVAE_MAX_VOXELS", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    raw = malformed_nifti(kind)
+    bad = Upload(name, gzip.compress(raw) if name.endswith(".gz") else raw)
+    with pytest.raises(UploadError) as info:
+        with staged_uploads(nifti(image()), bad):
+            pass
+    text = str(info.value)
+    assert text.startswith(f"moving file {name!r}: {message}"), text
+    assert "\n" not in text and str(tmp_path) not in text and "moving.nii" not in text
+    assert list(tmp_path.iterdir()) == []  # the staging folder is gone
+    assert capfd.readouterr().err == ""  # nibabel printed nothing
+
+
+def test_uploads_above_the_voxel_limit_are_refused_naming_the_upload(tmp_path, monkeypatch):
+    monkeypatch.setenv("CVAE_MAX_VOXELS", str(24 * 20 * 6 - 1))  # one voxel less than the images
+    with pytest.raises(UploadError) as info:
+        stage_uploads(tmp_path / "a", nifti(image(), name="es.nii.gz"), nifti(image()))
+    text = str(info.value)
+    assert text.startswith("fixed file 'es.nii.gz': the header announces 24 x 20 x 6 = 2,880 voxels, above the "
+                           "limit of 2,879") and "\n" not in text and str(tmp_path) not in text
+    monkeypatch.setenv("CVAE_MAX_VOXELS", str(24 * 20 * 6))  # the images pass, a larger segmentation does not
+    staged = stage_uploads(tmp_path / "b", nifti(image()), nifti(image()), moving_seg=nifti(labels()))
+    assert staged.fixed.shape == (24, 20, 6)
+    with pytest.raises(UploadError, match=r"^moving segmentation file 'gt.nii': the header announces 24 x 20 x 7 = "
+                                          r"3,360 voxels, above the limit of 2,880"):
+        stage_uploads(tmp_path / "c", nifti(image()), nifti(image()),
+                      moving_seg=nifti(labels((24, 20, 7)), name="gt.nii"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import neurite as ne
@@ -228,3 +229,34 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert main(["--export", str(tmp_path / "nowhere"), str(tmp_path / "dest")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("train_voxelmorph: ") for line in err)
+
+
+def test_a_run_is_not_restarted_and_resume_puts_back_a_save_killed_between_its_renames(tiny_cohort, tiny_cache,
+                                                                                        tmp_path):
+    """The VoxelMorph trainer starts as the CVAE's (cvae.training.loop.check_run_folder)."""
+    out = train_voxelmorph(tiny_run(tiny_cohort, tmp_path / "run", tiny_cache, steps=2))
+    before = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(ValueError, match=f"^--out {out} holds a run already: continue it with --resume"):
+        train_voxelmorph(tiny_run(tiny_cohort, out, tiny_cache, steps=3))
+    assert {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    os.replace(out / "last", out / ".last.tmp-killed")  # killed between the two renames of a save of last/
+    train_voxelmorph(tiny_run(tiny_cohort, out, tiny_cache, steps=3, resume=True))
+    assert [e["step"] for e in train_log(out) if e["kind"] == "train"] == [1, 2, 3]  # continued from step 2
+    assert json.loads((out / "last" / "trainer.json").read_text())["step"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["best", "last", "log.jsonl"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--steps", "-5"], "--steps must be >= 1, got -5"),
+    (["--spacing", "1", "0", "1"], "--spacing must be three voxel sizes > 0 mm"),
+    (["--out", "{file}"], "is a file: give a directory"),
+])
+def test_cli_bad_settings_and_out_are_refused_before_the_data_is_read(flags, message, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    flags = [str(a_file) if flag == "{file}" else flag for flag in flags]
+    assert main(["--data", str(tmp_path / "nonexistent"), "--out", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train_voxelmorph: error: ") and message in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

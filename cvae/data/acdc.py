@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import threading
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -228,15 +229,20 @@ def find_subjects(root: str | Path, split: str | None = None, skip_bad: bool = F
     return infos
 
 
+_NIBABEL_LOG = threading.Lock()
+
+
 @contextmanager
 def _nibabel_quiet() -> Iterator[None]:
-    """Keep nibabel from logging a malformed header on stderr: the ``ACDCError`` says it in one line."""
+    """Keep nibabel from logging a malformed header on stderr: the ``ACDCError`` says it in one line. (The logger is
+    shared by the app's threads: one header is read at a time.)"""
     logger = nib.imageglobals.logger
-    disabled, logger.disabled = logger.disabled, True
-    try:
-        yield
-    finally:
-        logger.disabled = disabled
+    with _NIBABEL_LOG:
+        disabled, logger.disabled = logger.disabled, True
+        try:
+            yield
+        finally:
+            logger.disabled = disabled
 
 
 def max_voxels() -> int:

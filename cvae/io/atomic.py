@@ -11,6 +11,7 @@ user's umask gives (e.g. files 0644, folders 0755), not the private ones of ``te
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -97,7 +98,7 @@ def atomic_folder(folder: str | os.PathLike, write: Callable[[Path], None], *,
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
+    for stale in folder.parent.glob(f".{glob.escape(folder.name)}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
@@ -136,8 +137,8 @@ def recover_folder(folder: str | os.PathLike, score: Callable[[Path], float | No
     folder = Path(folder)
     if folder.exists():
         return folder
-    leftovers = [p for p in (folder.with_name(f".{folder.name}.old"), *folder.parent.glob(f".{folder.name}.tmp-*"))
-                 if p.is_dir()]
+    tmp = folder.parent.glob(f".{glob.escape(folder.name)}.tmp-*")
+    leftovers = [p for p in (folder.with_name(f".{folder.name}.old"), *tmp) if p.is_dir()]
     scored = [(value, p) for p in leftovers if (value := score(p)) is not None]
     if not scored:
         return None

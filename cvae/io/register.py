@@ -244,6 +244,8 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
     written to ``out`` then.
     """
     start = time.perf_counter()
+    if max_voxels is not None and max_voxels < 1:
+        raise ValueError(f"--max-voxels must be >= 1, got {max_voxels}")
     out = check_writable(out)
     earlier = _earlier_outputs(out, overwrite)
     inputs = _load_inputs(fixed, moving, fixed_seg, moving_seg, max_voxels)

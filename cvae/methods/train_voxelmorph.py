@@ -38,11 +38,12 @@ from cvae.cli import run_command
 from cvae.config import add_config_arguments, config_from_arguments, option
 from cvae.device import resolve_device
 from cvae.io.atomic import check_writable
-from cvae.methods.voxelmorph import (VoxelMorph, VoxelMorphConfig, load_voxelmorph_checkpoint, read_voxelmorph_config,
-                                     save_voxelmorph)
+from cvae.methods.voxelmorph import (FORMAT, VoxelMorph, VoxelMorphConfig, load_voxelmorph_checkpoint,
+                                     read_voxelmorph_config, save_voxelmorph)
 from cvae.paths import data_root
 from cvae.training.config import RunConfig
-from cvae.training.loop import RunState, fit, held_out_split, rewind_log, run_summary, start_state
+from cvae.training.loop import (RunState, check_run_folder, fit, held_out_split, resume_state, rewind_log,
+                                run_summary)
 
 __all__ = ["VxmTrainConfig", "train_voxelmorph", "export_voxelmorph", "main"]
 
@@ -68,13 +69,14 @@ def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
         torch.set_num_threads(cfg.threads)
     out = check_writable(cfg.out)
     log_path = out / "log.jsonl"
+    resumed = check_run_folder(out, cfg.resume, FORMAT)
     split = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir, cfg.val_subjects)
     dataset, train_idx, val_idx = split
 
     torch.manual_seed(cfg.seed)
     model = VoxelMorph(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    state = start_state(out, cfg.resume, model, optimizer)
+    state = resume_state(out / "last", model, optimizer) if resumed else RunState()
     out.mkdir(parents=True, exist_ok=True)
     rewind_log(log_path, state.step)
     info = {**asdict(cfg), "command": command, "torch": torch.__version__, "voxelmorph": vxm.__version__,

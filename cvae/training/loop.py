@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from cvae.checkpoint import load_training_state, load_weights, training_step
+from cvae.checkpoint import FORMAT, load_training_state, load_weights, training_step
 from cvae.cli import Interrupted
 from cvae.data.augment import AugmentParams, augment_batch
 from cvae.data.dataset import PairDataset
@@ -36,7 +36,7 @@ from cvae.io.atomic import recover_folder, write_text
 from cvae.model import CVAERegistration
 
 __all__ = ["LoopSettings", "HeldOut", "RunState", "StopFlag", "collate", "rewind_log", "validate", "fit",
-           "held_out_split", "holds_run", "start_state", "resume_state", "run_summary"]
+           "held_out_split", "holds_run", "check_run_folder", "resume_state", "run_summary"]
 
 
 class LoopSettings(Protocol):
@@ -254,28 +254,27 @@ def holds_run(out: Path) -> bool:
             or any(out.glob(".last.*")))
 
 
-def start_state(out: Path, resume: bool, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, rank: int = 0,
-                world: int = 1, **group_overrides: float) -> RunState:
-    """Where a run starts: step 0 in a new run folder; with ``resume``, its ``last/`` checkpoint (weights and optimiser
-    loaded into ``model`` / ``optimizer``), put back first from the leftovers of a save killed between its renames
-    (the newest that loads, :func:`cvae.io.atomic.recover_folder`).
+def check_run_folder(out: Path, resume: bool, fmt: str = FORMAT, rank: int = 0, world: int = 1) -> bool:
+    """Whether the run in ``out`` is to be resumed from ``out/last``, decided before any data is read.
 
-    A run is never restarted silently: a run folder that :func:`holds_run` is a ``ValueError`` (one line) without
-    ``resume``, and with ``resume`` when no checkpoint of it loads; nothing in the folder is changed then.
+    With ``resume``, ``last/`` is first put back from the leftovers of a save killed between its renames (the newest
+    checkpoint of format ``fmt`` that loads, :func:`cvae.io.atomic.recover_folder`). A run is never restarted
+    silently: a run folder that :func:`holds_run` is a ``ValueError`` (one line) without ``resume``, and with
+    ``resume`` when no checkpoint of it loads; nothing in the folder is changed then. ``False``: a new run.
     """
     last = out / "last"
     if resume and rank == 0:
-        recover_folder(last, training_step)
+        recover_folder(last, lambda folder: training_step(folder, fmt))
     if world > 1:
         dist.barrier()  # the other processes read last/ once rank 0 has put it back
-    if resume and last.exists():
-        return resume_state(last, model, optimizer, **group_overrides)
+    if resume and training_step(last, fmt) is not None:
+        return True
     if holds_run(out):
         if resume:
             raise ValueError(f"--resume: {out} holds a run but no checkpoint of it loads ({last} is missing or "
                              "incomplete); nothing was changed: remove the folder to start over")
         raise ValueError(f"--out {out} holds a run already: continue it with --resume, or choose a new folder")
-    return RunState()
+    return False
 
 
 def resume_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

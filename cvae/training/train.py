@@ -35,7 +35,8 @@ from cvae.model import CVAERegistration
 from cvae.paths import data_root
 from cvae.training.config import TrainConfig
 from cvae.io.atomic import check_writable
-from cvae.training.loop import RunState, fit, held_out_split, rewind_log, run_summary, start_state
+from cvae.training.loop import (RunState, check_run_folder, fit, held_out_split, resume_state, rewind_log,
+                                run_summary)
 from cvae.training.objective import Objective, loss_schedule
 from cvae.training.warmup import SummaryPCA
 
@@ -81,6 +82,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     cfg = dataclasses.replace(cfg, data=str(cfg.data or data_root()))
     out = check_writable(cfg.out)
     log_path = out / "log.jsonl"
+    resumed = check_run_folder(out, cfg.resume, rank=rank, world=world)
 
     split = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir, cfg.val_subjects)
     dataset, train_idx, _ = split
@@ -90,12 +92,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     model = CVAERegistration(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = start_state(out, cfg.resume, model, optimizer, rank=rank, world=world, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay)
-    if cfg.resume and (out / "last").exists():  # the command line may continue with a new lr, lam, ...
+    state = RunState()
+    if resumed:  # the command line may continue with a new lr, lam, ...
         if rank == 0:
             for name, ours, theirs in model_changes(model, out / "last", cfg.spacing):
                 print(f"cvae train: note: resuming with {name}={ours!r} (the run had {theirs!r})", file=sys.stderr)
+        state = resume_state(out / "last", model, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
     elif cfg.init:
         init_weights(model, cfg.init, cfg.spacing)
     if cfg.seg_weight > 0:
