@@ -10,6 +10,7 @@ import importlib.util
 import os
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -284,3 +285,16 @@ def app_environment(folder: Path, tiny_cohort: Path) -> dict[str, str]:
                                  training={"note": "random weights, for the app tests"})
     return {"CVAE_DATA": str(cohort.parent), "CVAE_CHECKPOINT": str(checkpoint), "CVAE_CACHE": str(folder / "cache"),
             "CVAE_RESULTS": str(folder / "results")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one-line errors
+
+
+def one_line_error(error: type[Exception], call: Callable[[], object]) -> str:
+    """The message of the ``error`` that ``call()`` raises, checked to be one line."""
+    with pytest.raises(error) as info:
+        call()
+    text = str(info.value)
+    assert "\n" not in text, text
+    return text

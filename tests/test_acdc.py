@@ -27,6 +27,7 @@ from conftest import (
     acdc_affine,
     heart_label,
     malformed_nifti,
+    one_line_error,
     save_nifti,
     truncate_es_frame,
     write_patient,
@@ -225,14 +226,6 @@ def test_gzip_payload_that_is_not_nifti(tmp_path: Path) -> None:
 # volumes too large for the memory, and malformed headers: refused from the header, in one line, quietly
 
 
-def one_line_acdc_error(call) -> str:
-    with pytest.raises(ACDCError) as info:
-        call()
-    text = str(info.value)
-    assert "\n" not in text
-    return text
-
-
 def test_volumes_above_the_voxel_limit_are_refused_from_the_header(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("CVAE_MAX_VOXELS", raising=False)
     assert MAX_VOXELS == 2 ** 24 and max_voxels() == MAX_VOXELS
@@ -241,24 +234,24 @@ def test_volumes_above_the_voxel_limit_are_refused_from_the_header(tmp_path: Pat
     label_path = tmp_path / "frame_gt.nii.gz"
     save_nifti(label_path, heart_label())
     assert load_nifti(path, limit=4032)[0].shape == ACDC_SHAPE  # the limit itself is allowed
-    text = one_line_acdc_error(lambda: load_nifti(path, limit=4031))
+    text = one_line_error(ACDCError, lambda: load_nifti(path, limit=4031))
     assert text.startswith(f"{path}: the header announces 24 x 28 x 6 = 4,032 voxels")
     assert "above the limit of 4,031" in text and "--max-voxels" in text
-    assert "limit of 4,031" in one_line_acdc_error(lambda: load_label(label_path, limit=4031))
+    assert "limit of 4,031" in one_line_error(ACDCError, lambda: load_label(label_path, limit=4031))
     assert load_label(label_path, limit=4032)[0].dtype == np.uint8
 
     monkeypatch.setenv("CVAE_MAX_VOXELS", "4031")  # the environment sets the default limit
     assert max_voxels() == 4031
-    assert "limit of 4,031" in one_line_acdc_error(lambda: load_nifti(path))
-    assert "limit of 4,031" in one_line_acdc_error(lambda: load_label(label_path))
+    assert "limit of 4,031" in one_line_error(ACDCError, lambda: load_nifti(path))
+    assert "limit of 4,031" in one_line_error(ACDCError, lambda: load_label(label_path))
     assert load_nifti(path, limit=5000)[0].shape == ACDC_SHAPE  # an explicit limit wins
     monkeypatch.setenv("CVAE_MAX_VOXELS", " 4032 ")
     assert load_nifti(path)[0].shape == ACDC_SHAPE
     for bad in ("abc", "0", "-5", "1e6", "12.5"):
         monkeypatch.setenv("CVAE_MAX_VOXELS", bad)
-        text = one_line_acdc_error(max_voxels)
+        text = one_line_error(ACDCError, max_voxels)
         assert text.startswith("$CVAE_MAX_VOXELS=") and "not a positive number of voxels" in text
-        assert "CVAE_MAX_VOXELS" in one_line_acdc_error(lambda: load_nifti(path))
+        assert "CVAE_MAX_VOXELS" in one_line_error(ACDCError, lambda: load_nifti(path))
     monkeypatch.setenv("CVAE_MAX_VOXELS", "")
     assert max_voxels() == MAX_VOXELS
 
@@ -268,22 +261,22 @@ def test_a_huge_header_over_a_few_bytes_is_refused_before_reading(tmp_path: Path
     path = tmp_path / "huge.nii"
     path.write_bytes(malformed_nifti("huge"))
     assert path.stat().st_size == 360
-    text = one_line_acdc_error(lambda: load_nifti(path))
+    text = one_line_error(ACDCError, lambda: load_nifti(path))
     # the limit, not a truncation error: refused from the header before any data is read
     assert text.startswith(f"{path}: the header announces 30000 x 30000 x 1000 = 900,000,000,000 voxels")
     assert f"above the limit of {MAX_VOXELS:,}" in text
     gz = tmp_path / "huge.nii.gz"
     gz.write_bytes(gzip.compress(malformed_nifti("huge")))
-    assert "900,000,000,000 voxels" in one_line_acdc_error(lambda: load_nifti(gz))
+    assert "900,000,000,000 voxels" in one_line_error(ACDCError, lambda: load_nifti(gz))
     assert capfd.readouterr().err == ""
 
 
 def test_a_malformed_header_is_one_line_and_nibabel_says_nothing(tmp_path: Path, capfd) -> None:
     path = tmp_path / "datatype.nii"
     path.write_bytes(malformed_nifti("datatype"))
-    text = one_line_acdc_error(lambda: load_nifti(path))
+    text = one_line_error(ACDCError, lambda: load_nifti(path))
     assert text.startswith(f"{path}: unreadable or corrupt NIfTI") and "999" in text
-    assert "unreadable or corrupt" in one_line_acdc_error(lambda: load_label(path))
+    assert "unreadable or corrupt" in one_line_error(ACDCError, lambda: load_label(path))
     assert capfd.readouterr().err == ""  # nibabel's own logger would print "data code 999 not recognized ..."
     # the logger is quiet only while loading: its state is put back
     assert not nib.imageglobals.logger.disabled

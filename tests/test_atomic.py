@@ -11,6 +11,8 @@ import pytest
 
 from cvae.io.atomic import atomic_folder, atomic_write, check_writable, recover_folder, write_csv, write_text
 
+from conftest import one_line_error
+
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
@@ -218,25 +220,17 @@ def test_check_writable_accepts_a_new_or_existing_place_and_leaves_nothing(tmp_p
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["codes.csv", "run"]  # no probe file left
 
 
-def one_line_error(call) -> str:
-    with pytest.raises(ValueError) as info:
-        call()
-    text = str(info.value)
-    assert "\n" not in text
-    return text
-
-
 def test_check_writable_refuses_the_wrong_kind_of_place(tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
-    text = one_line_error(lambda: check_writable(a_file, option="--results"))
+    text = one_line_error(ValueError, lambda: check_writable(a_file, option="--results"))
     assert text.startswith(f"--results {a_file}") and "is a file: give a directory" in text
-    text = one_line_error(lambda: check_writable(tmp_path, option="--out", folder=False))
+    text = one_line_error(ValueError, lambda: check_writable(tmp_path, option="--out", folder=False))
     assert text.startswith(f"--out {tmp_path}") and "is a directory: give a file name" in text
     for inside in (a_file / "run", a_file / "run" / "deeper"):  # a file on the way
-        text = one_line_error(lambda: check_writable(inside))
+        text = one_line_error(ValueError, lambda: check_writable(inside))
         assert text.startswith(f"--out {inside}") and f"{a_file} is a file, not a folder" in text
-    text = one_line_error(lambda: check_writable(a_file / "codes.csv", folder=False))
+    text = one_line_error(ValueError, lambda: check_writable(a_file / "codes.csv", folder=False))
     assert f"{a_file} is a file, not a folder" in text
     assert a_file.read_text() == "x"
 
@@ -249,7 +243,7 @@ def test_check_writable_refuses_a_folder_that_cannot_be_written(tmp_path, monkey
     (tmp_path / "shared").mkdir()
     for path, folder in ((tmp_path / "shared", True), (tmp_path / "shared" / "new" / "run", True),
                          (tmp_path / "shared" / "codes.csv", False)):
-        text = one_line_error(lambda: check_writable(path, option="--out", folder=folder))
+        text = one_line_error(ValueError, lambda: check_writable(path, option="--out", folder=folder))
         assert text.startswith(f"--out {path}: cannot write in {tmp_path / 'shared'} (Permission denied)"), text
         assert "choose another place" in text
     assert list((tmp_path / "shared").iterdir()) == []
