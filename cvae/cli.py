@@ -26,6 +26,7 @@ from collections.abc import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("cvae.data.synthetic", "write a synthetic ACDC-like cohort in the ACDC layout"),
     "train": ("cvae.training.train", "train the CVAE (single process or torchrun)"),
+    "adapt": ("cvae.training.adapt", "fine-tune a trained CVAE on your own cohort, no segmentations needed"),
     "register": ("cvae.io.register", "register two NIfTI images, write NIfTI outputs and metrics"),
     "evaluate": ("cvae.evaluation.evaluate", "evaluate registration methods on a cohort (the CVAE and its baselines)"),
     "embed": ("cvae.latent.cohort", "encode a cohort to a table of latent codes and clinical measures"),

@@ -26,14 +26,18 @@ st.caption("The network sees the pair (fixed F, moving M) once and returns the t
            "contraction of the heart.")
 
 
-def _cohort_pair(checkpoint: str, steps: int) -> tuple[Registration, Callable[[], bytes], str]:
+#: Seconds per velocity-optimisation step on the 2-core CPU the project is developed on (benchmarks/RESULTS.md).
+OPTIMIZE_SECONDS_PER_STEP = 0.25
+
+
+def _cohort_pair(checkpoint: str, steps: tuple[int, int]) -> tuple[Registration, Callable[[], bytes], str]:
     root = str(H.cohort_root())
     subject = W.subject_select("Subject", key="register_subject")
-    registration = C.register_subject(checkpoint, root, subject, steps)
-    return registration, lambda: export.subject_outputs_zip(checkpoint, root, subject, steps), subject
+    registration = C.register_subject(checkpoint, root, subject, *steps)
+    return registration, lambda: export.subject_outputs_zip(checkpoint, root, subject, *steps), subject
 
 
-def _uploaded_pair(checkpoint: str, steps: int) -> tuple[Registration, Callable[[], bytes], str] | None:
+def _uploaded_pair(checkpoint: str, steps: tuple[int, int]) -> tuple[Registration, Callable[[], bytes], str] | None:
     with st.form("uploads"):
         cols = st.columns(4)
         files = [col.file_uploader(UPLOAD_LABELS[role], key=f"upload_{role}") for col, role in zip(cols, ROLES)]
@@ -45,8 +49,8 @@ def _uploaded_pair(checkpoint: str, steps: int) -> tuple[Registration, Callable[
         st.info("Upload a fixed and a moving image, then press **Register the uploaded pair**.")
         return None
     uploads = tuple(None if f is None else Upload(f.name, f.getvalue()) for f in files)
-    registration = C.register_uploads(checkpoint, uploads, steps)
-    return registration, lambda: export.uploads_zip(checkpoint, uploads, steps), "upload"
+    registration = C.register_uploads(checkpoint, uploads, *steps)
+    return registration, lambda: export.uploads_zip(checkpoint, uploads, *steps), "upload"
 
 
 def _summary(registration: Registration) -> None:
@@ -63,6 +67,10 @@ def _summary(registration: Registration) -> None:
     cols[2].metric("folding (det J ≤ 0)", f"{summary['folding %']:.3f} %")
     cols[3].metric("mean displacement", f"{summary['mean |u| mm']:.1f} mm")
     cols[4].metric("network time", f"{summary['seconds']:.2f} s")
+    if "optimize steps" in summary:
+        st.caption(f"Velocity optimised by {summary['optimize steps']:.0f} steps in {summary['seconds']:.1f} s: local "
+                   f"cross-correlation of the pair {summary['LCC before']:.4f} → {summary['LCC after']:.4f}. The "
+                   "field is no longer a decoded code: the latent pages show the network's code of this pair.")
     if "refine steps" in summary:
         st.caption(f"Code refined by {summary['refine steps']:.0f} gradient steps: local cross-correlation of the "
                    f"pair {summary['LCC before']:.4f} → {summary['LCC after']:.4f}.")
@@ -117,13 +125,22 @@ def _download(make_zip: Callable[[], bytes], name: str) -> None:
 @W.guard
 def main() -> None:
     checkpoint = C.active_checkpoint()
-    cols = st.columns([3, 2])
+    cols = st.columns([3, 2, 2])
     source = cols[0].radio("Pair", ["cohort subject (ED → ES)", "upload NIfTI files"], horizontal=True,
                            key="register_source", label_visibility="collapsed")
-    steps = cols[1].select_slider("Refine the code (gradient steps)", [0, 10, 20, 40], value=0, key="register_refine",
-                                  help="0: one forward pass (the method). With N > 0 the code is refined by N "
-                                       "gradient steps on this pair's objective before decoding (cvae.latent.refine): "
-                                       "closer images, about 0.5 s per step on a CPU.")
+    refine = cols[1].select_slider("Refine the code (gradient steps)", [0, 10, 20, 40], value=0, key="register_refine",
+                                   help="0: one forward pass (the method). With N > 0 the code is refined by N "
+                                        "gradient steps on this pair's objective before decoding (cvae.latent.refine): "
+                                        "closer images, about 0.5 s per step on a CPU.")
+    optimize = cols[2].select_slider("Optimise the velocity (steps)", [0, 10, 20, 40], value=0,
+                                     key="register_optimize", disabled=bool(refine),
+                                     help="0: one forward pass. With N > 0 the velocity itself is optimised on this "
+                                          "pair after the forward pass (cvae.optimize, at most N steps): still a "
+                                          "diffeomorphism, no longer a decoded code. Off while the code is refined.")
+    optimize = 0 if refine else optimize
+    if optimize:
+        cols[2].caption(f"about {optimize * OPTIMIZE_SECONDS_PER_STEP:.0f} s on a 2-core CPU")
+    steps = (refine, optimize)
     picked = _cohort_pair(checkpoint, steps) if source.startswith("cohort") else _uploaded_pair(checkpoint, steps)
     if picked is None:
         return

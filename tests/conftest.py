@@ -18,10 +18,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import convolve1d
 
-from cvae.checkpoint import save_checkpoint
+from cvae.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.data.preprocess import PreprocessedPair
+from cvae.evaluation.metrics import mean_dice
+from cvae.fields import image_tensor, warp_labels
+from cvae.losses import LCC_EPS
 from cvae.model import CVAERegistration, ModelConfig
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,6 +188,26 @@ def dice_by_hand(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int((a & b).sum()) / total if total else float("nan")
 
 
+def numpy_lcc(a: np.ndarray, b: np.ndarray, sigma: float, kernel_size: int, eps: float = LCC_EPS) -> float:
+    """Mean of ``cov^2 / (var_a var_b + eps)`` with local statistics under a truncated Gaussian window of
+    ``kernel_size`` taps, renormalised to the voxels inside the volume (normalised convolution), by scipy."""
+    x = np.arange(kernel_size) - (kernel_size - 1) / 2
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+
+    def local_mean(v: np.ndarray) -> np.ndarray:
+        num, den = v, np.ones_like(v)
+        for axis in range(3):
+            num = convolve1d(num, kernel, axis=axis, mode="constant")
+            den = convolve1d(den, kernel, axis=axis, mode="constant")
+        return num / den
+
+    mean_a, mean_b = local_mean(a), local_mean(b)
+    cov = local_mean(a * b) - mean_a * mean_b
+    var_a, var_b = local_mean(a * a) - mean_a ** 2, local_mean(b * b) - mean_b ** 2
+    return float((cov ** 2 / (var_a * var_b + eps)).mean())
+
+
 def folding_by_hand(displacement: np.ndarray) -> float:
     """Fraction of voxels where ``det(I + du/dx) <= 0`` for ``u (3, X, Y, Z)`` in voxels, by ``np.gradient`` (central
     differences inside, one-sided at the borders, as :func:`cvae.fields.jacobian_determinant` documents)."""
@@ -298,3 +322,31 @@ def one_line_error(error: type[Exception], call: Callable[[], object]) -> str:
     text = str(info.value)
     assert "\n" not in text, text
     return text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the shipped checkpoint on a synthetic pair
+
+#: Whether the shipped checkpoint ``synthetic-acdc`` is there (tests of its behaviour are skipped otherwise).
+SHIPPED = any((d / "synthetic-acdc" / "config.json").is_file() for d in checkpoint_dirs())
+
+
+def shipped_pair() -> tuple[CVAERegistration, PreprocessedPair, torch.Tensor, torch.Tensor]:
+    """The shipped ``synthetic-acdc`` model, test subject 3 of the synthetic generator with seed 321 preprocessed on
+    its grid, and that pair's ``(fixed, moving)`` tensors ``(1, 1, X, Y, Z)``."""
+    from cvae.data.preprocess import preprocess_image_pair
+    from cvae.data.synthetic import make_subject
+
+    model, config = load_checkpoint("synthetic-acdc", "cpu")
+    subject = make_subject("testing", 3, seed=321)
+    prep = preprocess_image_pair(subject.es_image.astype(np.float32), subject.ed_image.astype(np.float32),
+                                 subject.affine, subject.es_label, subject.ed_label, model.config.image_size,
+                                 config["spacing"])
+    return model, prep, image_tensor(prep.fixed), image_tensor(prep.moving)
+
+
+def warped_mean_dice(prep: PreprocessedPair, displacement: torch.Tensor) -> float:
+    """Mean Dice of the five structures: ``prep``'s ED labels warped by ``displacement`` (nearest neighbour) against
+    its ES labels."""
+    warped = warp_labels(image_tensor(prep.moving_label), displacement)[0, 0].numpy()
+    return mean_dice(warped, prep.fixed_label)

@@ -29,6 +29,7 @@ from cvae.data.labels import STRUCTURES
 from cvae.evaluation.evaluate import write_results
 from cvae.fields import image_tensor
 from cvae.latent.refine import refine_code
+from cvae.optimize import OptimizeSettings, register_optimized
 from cvae.model import CVAERegistration
 
 from conftest import (
@@ -189,6 +190,12 @@ def test_register_page_registers_shows_metrics_and_follows_the_slice_slider(env,
     at.select_slider(key="register_refine").set_value(10).run()
     assert_clean(at)
     assert any("Code refined by 10 gradient steps" in c.value for c in at.caption)
+    assert at.select_slider(key="register_optimize").disabled
+    at.select_slider(key="register_refine").set_value(0).run()
+    at.select_slider(key="register_optimize").set_value(10).run()
+    assert_clean(at)
+    assert any(c.value.startswith("Velocity optimised by") for c in at.caption)
+    assert not any("Code refined" in c.value for c in at.caption)
 
 
 def test_register_page_refuses_bad_uploads_with_a_message(env):
@@ -357,6 +364,16 @@ def test_benchmark_reads_results_and_runs_a_small_evaluation(env):
     at = open_page("benchmark")
     assert_clean(at)
     assert any("No evaluation results" in i.value for i in at.info)
+    # the shipped reference: every method on both cohorts, side by side, before any evaluation was run
+    reference = at.dataframe[0].value
+    assert {"cvae", "cvae-opt", "demons"} <= set(reference.index)
+    assert list(reference.columns[:2]) == ["Dice (%) · own", "Dice (%) · foreign"]
+    assert all(float(v) > 50 for v in reference.loc["cvae", ["Dice (%) · own", "Dice (%) · foreign"]])
+    own = charts(at)
+    assert len(own) == 1  # the reference box plot, with no results folder at all
+    at.button_group(key="benchmark_reference_cohort").set_value("foreign").run()
+    assert_clean(at)
+    assert charts(at)[0] != own[0]
     rng = np.random.default_rng(0)
     rows = [{"subject": f"patient{s:03d}", "group": "NOR", "method": method, "structure": structure,
              "dice": rng.uniform(0.5, 0.9), "hd95": rng.uniform(3, 12), "rmse": 0.1,
@@ -366,11 +383,11 @@ def test_benchmark_reads_results_and_runs_a_small_evaluation(env):
     write_results(pd.DataFrame(rows), Path(env["CVAE_RESULTS"]), "test results")
     at.run()
     assert_clean(at)
-    summary = at.dataframe[0].value
+    summary = at.dataframe[1].value
     assert list(summary.index) == ["cvae", "demons"] and list(summary["cases"]) == [3, 3]
-    dice = charts(at)[0]
+    dice = charts(at)[1]  # after the reference's
     at.button_group(key="benchmark_metric").set_value("hd95").run()
-    assert charts(at)[0] != dice
+    assert charts(at)[1] != dice
     at.multiselect(key="benchmark_methods").set_value(["identity"])
     at.button(key="benchmark_run").click().run()
     assert_clean(at)
@@ -556,6 +573,24 @@ def test_register_pair_with_a_refined_code(tiny_setup):
     np.testing.assert_allclose(refined.sigma, plain.sigma)  # the posterior width of the pair, from the encoder
     decoded = compute.decode_pair(model, refined.mu, pair.moving, pair.moving_label, pair.spacing)
     np.testing.assert_allclose(decoded.displacement, refined.volumes.displacement, atol=1e-5)
+
+
+def test_register_pair_with_an_optimised_velocity(tiny_setup):
+    model, _, pair = tiny_setup
+    plain = compute.register_pair(model, pair)
+    optimised = compute.register_pair(model, pair, optimize_steps=3)
+    fixed, moving = torch.from_numpy(pair.fixed)[None, None], torch.from_numpy(pair.moving)[None, None]
+    expected, report = register_optimized(model, fixed, moving, OptimizeSettings(coarse_steps=3), inverse=False)
+    summary = optimised.summary
+    assert summary["optimize steps"] == sum(report.steps) and "optimize steps" not in plain.summary
+    assert summary["LCC before"] == pytest.approx(float(report.lcc_before[0]))
+    assert summary["LCC after"] == pytest.approx(float(report.lcc_after[0])) and summary["LCC after"] > summary[
+        "LCC before"]
+    np.testing.assert_allclose(optimised.volumes.displacement, expected.displacement[0].numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(optimised.volumes.displacement, plain.volumes.displacement, atol=1e-3)
+    np.testing.assert_allclose(optimised.mu, plain.mu)  # the encoder's code: what the latent pages work on
+    with pytest.raises(ValueError, match="not both"):
+        compute.register_pair(model, pair, refine_steps=2, optimize_steps=2)
 
 
 def test_decode_pair_at_the_posterior_mean_reproduces_the_registration(tiny_setup):

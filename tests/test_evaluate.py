@@ -27,6 +27,7 @@ from cvae.evaluation.evaluate import (
     summary_markdown,
 )
 from cvae.evaluation.figures import box_plot
+from cvae.evaluation.reference import COHORTS, cohort_comparison, reference_cases
 from cvae.evaluation.metrics import dice, hd95
 from cvae.methods import MethodResult
 from cvae.model import CVAERegistration, ModelConfig
@@ -130,6 +131,36 @@ def test_summary_handles_single_cases_and_empty_structures():
     assert summary[summary["structure"] == MEAN_STRUCTURE].iloc[0]["dice_mean"] == pytest.approx(0.5)
     assert summary.iloc[0]["folding_percent"] == pytest.approx(1.0)
     assert "n/a" in summary_markdown(summary)
+
+
+def test_the_cohort_comparison_puts_each_cohort_beside_the_other(tmp_path):
+    """Two cohorts' cases written as ``cvae evaluate`` writes them: per method and cohort the mean over cases of
+    the per-case means of the five structures, computed here by hand; a method one cohort lacks gets NaNs; the
+    shipped reference holds both cohorts and every method of the comparison."""
+    rng = np.random.default_rng(3)
+    cases = {}
+    for cohort, methods in (("own", ("cvae", "demons")), ("foreign", ("demons", "cvae", "identity"))):
+        cases[cohort] = pd.DataFrame([{"subject": f"p{k}", "group": "NOR", "method": m, "structure": s,
+                                       "dice": rng.uniform(0.5, 0.9), "hd95": rng.uniform(2, 9), "rmse": 0.1 * k,
+                                       "negative_jacobian_fraction": 0.0, "mean_displacement_mm": 1.0,
+                                       "mean_gradient_norm": 0.1, "seconds": 2.0 * k}
+                                      for m in methods for k in (1, 2, 3) for s in STRUCTURES])
+        cases[cohort].to_csv(tmp_path / f"cases-{cohort}.csv", index=False)
+    table = cohort_comparison(reference_cases(tmp_path))
+    assert list(table.index) == ["cvae", "demons", "identity"]
+    for cohort, frame in cases.items():
+        for method, rows in frame.groupby("method"):
+            by_case = rows.groupby("subject")[["dice", "hd95"]].mean()
+            assert table.loc[method, (cohort, "Dice (%)")] == pytest.approx(100 * by_case["dice"].mean())
+            assert table.loc[method, (cohort, "HD95 (mm)")] == pytest.approx(by_case["hd95"].mean())
+            assert table.loc[method, (cohort, "RMSE")] == pytest.approx(0.2)
+            assert table.loc[method, (cohort, "s / case")] == pytest.approx(4.0)
+    assert table.loc["identity", ("own", "Dice (%)")] != table.loc["identity", ("own", "Dice (%)")]  # NaN
+    assert cohort_comparison({}).empty and reference_cases(tmp_path / "none") == {}
+    shipped = cohort_comparison(reference_cases())
+    assert set(shipped.columns.get_level_values(0)) == set(COHORTS)
+    assert {"cvae", "cvae-opt", "demons", "voxelmorph", "identity"} <= set(shipped.index)
+    assert not shipped.loc["cvae"].isna().any()
 
 
 def test_run_evaluation_of_the_identity_writes_tables_whose_notes_name_the_data_and_grid(tiny_cohort, tiny_cache,

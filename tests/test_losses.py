@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import convolve1d
 
+from conftest import numpy_lcc
 from cvae.fields import gaussian_kernel1d, gaussian_smooth
-from cvae.losses import LCC_EPS, kl_divergence, local_cross_correlation, objective, soft_label_dice, symmetric_lcc
+from cvae.losses import kl_divergence, local_cross_correlation, objective, soft_label_dice, symmetric_lcc
 
 SHAPE = (16, 16, 12)
 
@@ -105,26 +105,6 @@ def test_soft_label_dice_has_a_gradient_and_counts_absent_labels_as_one():
     assert float(one) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="labels must both be"):
         soft_label_dice(labels[0], labels[0], u, 4)
-
-
-def numpy_lcc(a: np.ndarray, b: np.ndarray, sigma: float, kernel_size: int, eps: float = LCC_EPS) -> float:
-    """Mean of ``cov^2 / (var_a var_b + eps)`` with local statistics under a truncated Gaussian window of
-    ``kernel_size`` taps, renormalised to the voxels inside the volume (normalised convolution), by scipy."""
-    x = np.arange(kernel_size) - (kernel_size - 1) / 2
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    kernel /= kernel.sum()
-
-    def local_mean(v: np.ndarray) -> np.ndarray:
-        num, den = v, np.ones_like(v)
-        for axis in range(3):
-            num = convolve1d(num, kernel, axis=axis, mode="constant")
-            den = convolve1d(den, kernel, axis=axis, mode="constant")
-        return num / den
-
-    mean_a, mean_b = local_mean(a), local_mean(b)
-    cov = local_mean(a * b) - mean_a * mean_b
-    var_a, var_b = local_mean(a * a) - mean_a ** 2, local_mean(b * b) - mean_b ** 2
-    return float((cov ** 2 / (var_a * var_b + eps)).mean())
 
 
 def test_objective_without_motion_is_lam_times_one_minus_the_lcc_of_the_images_plus_the_penalty():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def test_quickstart_registers_a_demo_pair_and_the_users_files(kernel_env: Path, 
                    MOVING_SEG=str(info.ed_label), OUT=str(out)))
     text = "\n".join(_outputs(nb, "text"))
     assert "Dice after" in text and "HD95 after (mm)" in text
+    optimised = re.search(r"(\d+) steps in [\d.]+ s; LCC [\d.]+ -> [\d.]+; mean Dice [\d.]+ -> [\d.]+; folding "
+                          r"([\d.]+) %", text)
+    assert optimised and 1 <= int(optimised[1]) <= 20 and float(optimised[2]) == 0.0, text
     assert len(_outputs(nb, "png")) == 2  # the demo pair and the user's pair
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["segmentation"]["structures"]) >= {"LV blood pool", "RV", "Whole heart"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvae.checkpoint import checkpoint_dirs, load_checkpoint
+from cvae.checkpoint import load_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.fields import warp
 from cvae.latent import as_image, encode_cohort, mu_columns
@@ -15,7 +15,7 @@ from cvae.latent.refine import refine_code, refine_table, register_refined, scor
 from cvae.losses import symmetric_lcc
 from cvae.model import CVAERegistration
 
-from conftest import LATENT_SIZE, LATENT_SPACING, latent_model
+from conftest import LATENT_SIZE, LATENT_SPACING, SHIPPED, latent_model, shipped_pair, warped_mean_dice
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -130,30 +130,14 @@ def test_bad_settings(latent_pair, steps, lr, message):
         refine_code(model, *images(model, latent_pair), steps=steps, lr=lr)
 
 
-@pytest.mark.skipif(not any((d / "synthetic-acdc" / "config.json").is_file() for d in checkpoint_dirs()),
-                    reason="the shipped checkpoint checkpoints/synthetic-acdc is not there yet")
+@pytest.mark.skipif(not SHIPPED, reason="the shipped checkpoint checkpoints/synthetic-acdc is not there")
 def test_refinement_improves_the_shipped_models_registration():
     """On a synthetic ED -> ES pair the refined code matches the images and the ES labels better."""
-    from cvae.data.preprocess import preprocess_image_pair
-    from cvae.data.synthetic import make_subject
-    from cvae.evaluation.metrics import structure_scores
-
-    model, config = load_checkpoint("synthetic-acdc", "cpu")
-    subject = make_subject("testing", 3, seed=321)
-    prep = preprocess_image_pair(subject.es_image.astype(np.float32), subject.ed_image.astype(np.float32),
-                                 subject.affine, subject.es_label, subject.ed_label, model.config.image_size,
-                                 config["spacing"])
-    fixed, moving = as_image(prep.fixed, model, "fixed"), as_image(prep.moving, model, "moving")
+    model, prep, fixed, moving = shipped_pair()
     with torch.no_grad():
         plain = model.register(fixed, moving, inverse=False)
     refined, refinement = register_refined(model, fixed, moving, steps=10, inverse=False)
     assert refinement.lcc_before.item() == pytest.approx(
         symmetric_lcc(fixed, moving, plain.velocity).item(), abs=1e-6)
     assert refinement.lcc_after.item() > refinement.lcc_before.item() + 0.003
-    label = as_image(prep.moving_label, model, "label")
-    dice = {}
-    for name, result in (("plain", plain), ("refined", refined)):
-        warped = warp(label, result.displacement, mode="nearest")[0, 0].round().to(torch.uint8).numpy()
-        dice[name] = np.mean([s["dice"] for s in structure_scores(warped, prep.fixed_label, config["spacing"])
-                              .values()])
-    assert dice["refined"] > dice["plain"]
+    assert warped_mean_dice(prep, refined.displacement) > warped_mean_dice(prep, plain.displacement)

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 from scipy.spatial.transform import Rotation
 
-from cvae.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from cvae.checkpoint import load_checkpoint, save_checkpoint
 from cvae.cli import Interrupted
 from cvae.data.acdc import load_nifti
 from cvae.data.labels import STRUCTURES
@@ -26,8 +26,9 @@ from cvae.io.register import OUTPUT_FILES, main, register_files, warp_to_grid
 from cvae.latent.refine import refine_code
 from cvae.losses import symmetric_lcc
 from cvae.model import CVAERegistration, ModelConfig
+from cvae.optimize import OptimizeSettings, optimize_velocity
 
-from conftest import TINY_MODEL, TINY_SPACING, malformed_nifti
+from conftest import SHIPPED, TINY_MODEL, TINY_SPACING, malformed_nifti
 
 
 def make_affine(spacing, angles_deg, origin) -> np.ndarray:
@@ -267,8 +268,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, nifti_pair, ch
     assert not out.exists() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not any((d / "synthetic-acdc" / "config.json").is_file() for d in checkpoint_dirs()),
-                    reason="the shipped checkpoint checkpoints/synthetic-acdc is not there yet")
+@pytest.mark.skipif(not SHIPPED, reason="the shipped checkpoint checkpoints/synthetic-acdc is not there")
 def test_shipped_checkpoint_improves_dice_on_a_synthetic_subject(tmp_path):
     from cvae.data.synthetic import make_subject, save_subject
 
@@ -283,20 +283,24 @@ def test_shipped_checkpoint_improves_dice_on_a_synthetic_subject(tmp_path):
     assert metrics["negative_jacobian_fraction"] < 0.01
 
 
+def preprocessed_as_register_does(nifti_pair, checkpoint) -> tuple[CVAERegistration, torch.Tensor, torch.Tensor]:
+    """The checkpoint's model and the pair as ``cvae register`` feeds it: the moving image resampled onto the fixed
+    grid (it is on another one), then both cropped and normalised onto the checkpoint's grid."""
+    model, config = load_checkpoint(checkpoint, "cpu")
+    fixed, fixed_affine, _ = load_nifti(nifti_pair["fixed"])
+    moving, moving_affine, _ = load_nifti(nifti_pair["moving"])
+    moving = resample_to_grid(moving, moving_affine, fixed_affine, fixed.shape, order=1)
+    pair = preprocess_image_pair(fixed, moving, fixed_affine, size=model.config.image_size, spacing=config["spacing"])
+    return model, image_tensor(pair.fixed), image_tensor(pair.moving)
+
+
 def test_register_cli_records_the_refinement(nifti_pair, checkpoint, tmp_path, capsys):
     args = ["--fixed", str(nifti_pair["fixed"]), "--moving", str(nifti_pair["moving"]), "--checkpoint",
             str(checkpoint), "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "refined"), "--refine-steps", "3"]) == 0
     metrics = json.loads((tmp_path / "refined" / "metrics.json").read_text())
     assert metrics["refinement"]["steps"] == 3
-    # The same refinement on the pair preprocessed as cvae register does: the moving image resampled onto the fixed
-    # grid (it is on another one), then both cropped and normalised onto the checkpoint's grid.
-    model, config = load_checkpoint(checkpoint, "cpu")
-    fixed, fixed_affine, _ = load_nifti(nifti_pair["fixed"])
-    moving, moving_affine, _ = load_nifti(nifti_pair["moving"])
-    moving = resample_to_grid(moving, moving_affine, fixed_affine, fixed.shape, order=1)
-    pair = preprocess_image_pair(fixed, moving, fixed_affine, size=model.config.image_size, spacing=config["spacing"])
-    f, m = image_tensor(pair.fixed), image_tensor(pair.moving)
+    model, f, m = preprocessed_as_register_does(nifti_pair, checkpoint)
     expected = refine_code(model, f, m, steps=3)
     with torch.no_grad():  # before refinement: the symmetric LCC of the encoder's code
         cfg = model.config
@@ -312,6 +316,25 @@ def test_register_cli_records_the_refinement(nifti_pair, checkpoint, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "steps must be >= 0" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_register_cli_records_the_velocity_optimisation(nifti_pair, checkpoint, tmp_path, capsys):
+    args = ["--fixed", str(nifti_pair["fixed"]), "--moving", str(nifti_pair["moving"]), "--checkpoint",
+            str(checkpoint), "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "optimised"), "--optimize-steps", "4"]) == 0
+    metrics = json.loads((tmp_path / "optimised" / "metrics.json").read_text())
+    model, f, m = preprocessed_as_register_does(nifti_pair, checkpoint)
+    _, report = optimize_velocity(model, f, m, OptimizeSettings(coarse_steps=4))
+    assert metrics["optimization"]["steps"] == sum(report.steps) and 1 <= sum(report.steps) <= 4
+    assert metrics["optimization"]["lcc_before"] == pytest.approx(float(report.lcc_before[0]), abs=1e-5)
+    assert metrics["optimization"]["lcc_after"] == pytest.approx(float(report.lcc_after[0]), abs=1e-5)
+    assert metrics["optimization"]["lcc_after"] > metrics["optimization"]["lcc_before"] + 1e-4
+    assert "refinement" not in metrics
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "both"), "--optimize", "--refine-steps", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not both" in err[0]
+    assert not (tmp_path / "both").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

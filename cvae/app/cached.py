@@ -106,19 +106,21 @@ def pair_for(checkpoint: str, root: str, subject: str) -> PreprocessedPair:
 
 
 @st.cache_data(show_spinner="Registering…", max_entries=8)
-def register_subject(checkpoint: str, root: str, subject: str, refine_steps: int = 0) -> Registration:
+def register_subject(checkpoint: str, root: str, subject: str, refine_steps: int = 0,
+                     optimize_steps: int = 0) -> Registration:
     """Registration of one cohort subject, ED (moving) to ES (fixed); see :func:`cvae.app.compute.register_pair`."""
-    return compute.register_pair(*_model_and_pair(checkpoint, root, subject), refine_steps)
+    return compute.register_pair(*_model_and_pair(checkpoint, root, subject), refine_steps, optimize_steps)
 
 
 @st.cache_data(show_spinner="Registering the uploaded pair…", max_entries=4)
-def register_uploads(checkpoint: str, uploads: tuple[Upload | None, ...], refine_steps: int = 0) -> Registration:
+def register_uploads(checkpoint: str, uploads: tuple[Upload | None, ...], refine_steps: int = 0,
+                     optimize_steps: int = 0) -> Registration:
     """Registration of uploaded files ``(fixed, moving, fixed_seg, moving_seg)``; ``UploadError`` for bad files.
     The files live in a temporary folder only while they are read."""
     model, config = get_model(checkpoint)
     with staged_uploads(*uploads) as staged:
         pair = staged.preprocess(*grid_of(model, config))
-    return compute.register_pair(model, pair, refine_steps)
+    return compute.register_pair(model, pair, refine_steps, optimize_steps)
 
 
 # ---------------------------------------------------------------------------------------------------------------

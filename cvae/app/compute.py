@@ -23,6 +23,7 @@ from cvae.figures.volumes import RegistrationVolumes
 from cvae.latent.codes import as_image, decode_codes
 from cvae.latent.measures import WARPED_MEASURES
 from cvae.latent.refine import register_refined
+from cvae.optimize import OptimizeSettings, register_optimized
 from cvae.model import CVAERegistration
 
 __all__ = ["Registration", "structure_table", "register_pair", "Decoded", "decode_pair", "Transported",
@@ -35,8 +36,10 @@ class Registration:
 
     ``metrics`` has one row per structure with Dice (%) and HD95 (mm) before and after registration, and a ``mean``
     row (empty without both segmentations); ``summary`` holds ``folding %``, ``mean |u| mm``, ``seconds`` (and, for a
-    refined code, ``refine steps``, ``LCC before`` and ``LCC after``); ``mu``/``sigma`` ``(d,)`` are the posterior of
-    the code (``mu`` the refined code after a refinement).
+    refined code ``refine steps``, for an optimised velocity ``optimize steps``, and then ``LCC before`` and ``LCC
+    after``); ``mu``/``sigma`` ``(d,)`` are the posterior of the code (``mu`` the refined code after a refinement; after
+    a velocity optimisation still the encoder's code, which decodes to the one-pass registration, not to the
+    optimised one).
     """
 
     volumes: RegistrationVolumes
@@ -68,14 +71,22 @@ def structure_table(moving_label: np.ndarray, warped_label: np.ndarray, fixed_la
     return pd.DataFrame([*rows, row("mean", mean_scores(before), mean_scores(after))])
 
 
-def register_pair(model: CVAERegistration, pair: PreprocessedPair, refine_steps: int = 0) -> Registration:
+def register_pair(model: CVAERegistration, pair: PreprocessedPair, refine_steps: int = 0,
+                  optimize_steps: int = 0) -> Registration:
     """Register ``pair.moving`` (ED) to ``pair.fixed`` (ES) in one forward pass, or with the code refined by
-    ``refine_steps`` gradient steps first (:func:`cvae.latent.refine.register_refined`), and measure the result."""
+    ``refine_steps`` gradient steps first (:func:`cvae.latent.refine.register_refined`), or with the velocity optimised
+    on the pair by at most ``optimize_steps`` steps afterwards (:func:`cvae.optimize.register_optimized`; not both),
+    and measure the result."""
+    if refine_steps and optimize_steps:
+        raise ValueError("refine the code or optimise the velocity, not both")
     fixed, moving = as_image(pair.fixed, model, "fixed"), as_image(pair.moving, model, "moving")
     start = time.perf_counter()
     refinement = None
     if refine_steps:
         result, refinement = register_refined(model, fixed, moving, refine_steps, inverse=False)
+    elif optimize_steps:
+        result, refinement = register_optimized(model, fixed, moving, OptimizeSettings(coarse_steps=optimize_steps),
+                                                inverse=False)
     else:
         with torch.no_grad():
             result = model.register(fixed, moving, inverse=False)
@@ -92,7 +103,9 @@ def register_pair(model: CVAERegistration, pair: PreprocessedPair, refine_steps:
     summary = {"folding %": 100 * negative_jacobian_fraction(result.jacobian),
                "mean |u| mm": mean_displacement_mm(result.displacement, spacing), "seconds": seconds}
     if refinement is not None:
-        summary.update({"refine steps": float(refine_steps), "LCC before": float(refinement.lcc_before[0]),
+        steps = {"refine steps": float(refine_steps)} if refine_steps else {
+            "optimize steps": float(sum(refinement.steps))}
+        summary.update({**steps, "LCC before": float(refinement.lcc_before[0]),
                         "LCC after": float(refinement.lcc_after[0])})
     with torch.no_grad():
         logvar = result.logvar if result.logvar is not None else model.encode(fixed, moving)[1]

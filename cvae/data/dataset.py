@@ -5,6 +5,8 @@ import hashlib
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -144,27 +146,44 @@ class PairDataset(Dataset):
         """The ``PreprocessedPair`` of item ``index`` (with affines, to map results back to the original grid)."""
         return self._pair_of(self.infos[index])
 
-    def prepare(self, progress: bool | ProgressCallback = False) -> int:
-        """Preprocess and cache every subject now; drop bad ones with a warning. Returns the number kept.
+    def _cache(self, info: SubjectInfo) -> str | None:
+        """Preprocess and cache ``info`` (if not cached yet); the reason it is unusable, or ``None``."""
+        try:
+            self._pair_of(info)
+            return None
+        except ValueError as exc:  # ACDCError is a ValueError
+            return str(exc)
+
+    def prepare(self, progress: bool | ProgressCallback = False, workers: int = 1) -> int:
+        """Preprocess and cache every subject now, in ``workers`` processes; drop bad ones with a warning. Returns
+        the number kept (the order of the items stays that of the subject ids).
 
         ``progress``: ``True`` for a tqdm bar, or a ``progress(done, total, subject_id)`` callback.
         """
         bar = None
         if progress is True:
             bar = tqdm(total=len(self.infos), desc="preprocessing", unit="subject")
-        kept = []
-        for done, info in enumerate(self.infos, start=1):
-            try:
-                self._pair_of(info)
-                kept.append(info)
-            except ValueError as exc:  # ACDCError is a ValueError
-                warnings.warn(f"skipping {info.subject}: {exc}", stacklevel=2)
+        errors: dict[str, str | None] = {}
+        if workers > 1 and len(self.infos) > 1:
+            pool = ProcessPoolExecutor(min(workers, len(self.infos)), mp_context=get_context("spawn"))
+            results = pool.map(self._cache, self.infos)  # in order, as they complete in turn
+        else:
+            pool, results = None, map(self._cache, self.infos)
+        try:
+            for done, (info, error) in enumerate(zip(self.infos, results), start=1):
+                errors[info.subject] = error
+                if error is not None:
+                    warnings.warn(f"skipping {info.subject}: {error}", stacklevel=2)
+                if bar is not None:
+                    bar.update(1)
+                elif callable(progress):
+                    progress(done, len(self.infos), info.subject)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
             if bar is not None:
-                bar.update(1)
-            elif callable(progress):
-                progress(done, len(self.infos), info.subject)
-        if bar is not None:
-            bar.close()
+                bar.close()
+        kept = [info for info in self.infos if errors[info.subject] is None]
         if not kept:
             raise ValueError(f"no usable subjects under {self.root}: every subject failed to load")
         self.infos = kept

@@ -409,10 +409,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--cine", action="store_true", help="also write the cine patientNNN_4d.nii.gz (slower)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default all CPUs)")
+    parser.add_argument("--style", choices=("acdc", "foreign"), default="acdc",
+                        help="acdc: this generator (default); foreign: the independent held-out phantom generator "
+                             "of cvae.data.foreign (never train or tune on it)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
     def body() -> str:
+        if args.style == "foreign":
+            if args.cine:
+                raise ValueError("--cine is not available with --style foreign (it writes the ED and ES frames only)")
+            from cvae.data.foreign import make_foreign_cohort
+
+            out = make_foreign_cohort(args.out, args.n_train, args.n_test, args.seed, args.workers)
+            return (f"wrote {args.n_train} training + {args.n_test} testing foreign (held-out) subjects to {out} in "
+                    f"{time.perf_counter() - start:.1f} s")
         out = make_cohort(args.out, args.n_train, args.n_test, args.seed, args.cine, args.workers)
         return (f"wrote {args.n_train} training + {args.n_test} testing subjects to {out} in "
                 f"{time.perf_counter() - start:.1f} s")

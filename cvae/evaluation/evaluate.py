@@ -1,6 +1,6 @@
 """``cvae evaluate``: compare registration methods on a cohort, as in the paper's table and Fig. 2.
 
-    cvae evaluate --data DIR --split testing --methods cvae,demons,voxelmorph,identity --out results/
+    cvae evaluate --data DIR --split testing --methods cvae,cvae-opt,demons,voxelmorph,identity --out results/
                   [--limit N] [--checkpoint NAME] [--voxelmorph-checkpoint NAME] [--device auto]
 
 Every case is the subject's (fixed = ES, moving = ED) pair, preprocessed once (:class:`cvae.data.dataset.PairDataset`,
@@ -78,7 +78,7 @@ def build_methods(names: Iterable[str], checkpoint: str | None = None, voxelmorp
         raise ValueError(f"methods are repeated in {','.join(names)}: list each once")
     methods, skipped = [], []
     for name in names:
-        method_checkpoint = {"cvae": checkpoint, "voxelmorph": voxelmorph_checkpoint}.get(name)
+        method_checkpoint = {"cvae": checkpoint, "cvae-opt": checkpoint, "voxelmorph": voxelmorph_checkpoint}.get(name)
         try:
             methods.append(get_method(name, method_checkpoint, device))
         except MethodUnavailable as exc:
@@ -279,7 +279,8 @@ def _parser() -> argparse.ArgumentParser:
                         "skipped with a note)")
     parser.add_argument("--out", default=None, help="output folder (default: $CVAE_RESULTS or results/)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N labelled subjects (default all)")
-    parser.add_argument("--checkpoint", default=None, help="CVAE checkpoint name or folder (default synthetic-acdc)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint (name or folder) of cvae and cvae-opt "
+                        "(default synthetic-acdc)")
     parser.add_argument("--voxelmorph-checkpoint", default=None,
                         help="VoxelMorph checkpoint (default voxelmorph-synthetic-acdc)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N] (default auto)")

@@ -56,6 +56,7 @@ from cvae.fields import image_tensor
 from cvae.io.atomic import atomic_folder, check_writable
 from cvae.io.nifti import save_vector_field, save_volume
 from cvae.latent.refine import DEFAULT_STEPS, register_refined
+from cvae.optimize import OptimizeSettings, register_optimized
 
 __all__ = ["register_files", "crop_coordinates", "field_to_world", "warp_to_grid", "OUTPUT_FILES", "main"]
 
@@ -229,11 +230,14 @@ def _segmentation_metrics(inputs: _Inputs, warped_seg: np.ndarray) -> dict[str, 
 def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str | os.PathLike,
                    checkpoint: str | os.PathLike = "synthetic-acdc", fixed_seg: str | os.PathLike | None = None,
                    moving_seg: str | os.PathLike | None = None, device: str | torch.device = "auto",
-                   refine_steps: int = 0, max_voxels: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+                   refine_steps: int = 0, max_voxels: int | None = None, overwrite: bool = False,
+                   optimize_steps: int = 0) -> dict[str, Any]:
     """Register the NIfTI ``moving`` to ``fixed`` and write the outputs of the module docstring into ``out``.
 
     ``refine_steps > 0`` refines the pair's code by that many gradient steps before decoding
-    (:func:`cvae.latent.refine.register_refined`); ``metrics.json`` then records the pair's LCC before and after.
+    (:func:`cvae.latent.refine.register_refined`); ``optimize_steps > 0`` optimises the velocity itself on the pair,
+    starting from the network's (:func:`cvae.optimize.register_optimized`, at most that many steps on the coarse
+    grid); ``metrics.json`` then records the pair's LCC before and after (one or the other, not both).
     Volumes above ``max_voxels`` (default :func:`cvae.data.acdc.max_voxels`) are refused from their headers. ``out``
     must be new, empty or written by an earlier ``cvae register`` (whose outputs are replaced; ``metrics.json`` lists
     the ``files`` of a run); with ``overwrite`` a folder holding other files is accepted and only the files named like
@@ -246,6 +250,10 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
     start = time.perf_counter()
     if max_voxels is not None and max_voxels < 1:
         raise ValueError(f"--max-voxels must be >= 1, got {max_voxels}")
+    if refine_steps < 0 or optimize_steps < 0:
+        raise ValueError(f"--refine-steps and --optimize-steps must be >= 0, got {refine_steps} and {optimize_steps}")
+    if refine_steps and optimize_steps:
+        raise ValueError("give --refine-steps (the code) or --optimize-steps (the velocity), not both")
     out = check_writable(out)
     earlier = _earlier_outputs(out, overwrite)
     inputs = _load_inputs(fixed, moving, fixed_seg, moving_seg, max_voxels)
@@ -259,6 +267,9 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
     refinement = None
     if refine_steps:
         result, refinement = register_refined(model, fixed_t, moving_t, refine_steps)
+        result = result.to("cpu")
+    elif optimize_steps:
+        result, refinement = register_optimized(model, fixed_t, moving_t, OptimizeSettings(coarse_steps=optimize_steps))
         result = result.to("cpu")
     else:
         with torch.no_grad():
@@ -285,8 +296,9 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
         "max_displacement_mm": float(np.linalg.norm(displacement, axis=-1).max()),
     }
     if refinement is not None:
-        metrics["refinement"] = {"steps": int(refine_steps), "lcc_before": float(refinement.lcc_before[0]),
-                                 "lcc_after": float(refinement.lcc_after[0])}
+        key = "refinement" if refine_steps else "optimization"
+        metrics[key] = {"steps": int(refine_steps or sum(refinement.steps)),
+                        "lcc_before": float(refinement.lcc_before[0]), "lcc_after": float(refinement.lcc_after[0])}
     if inputs.moving_seg is not None:
         warped_seg = warp_to_grid(inputs.moving_seg, inputs.moving_affine, affine, shape, displacement, 0)
         volumes["warped_seg.nii.gz"] = warped_seg
@@ -327,9 +339,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-steps", type=int, default=0, help="refine the pair's code by N gradient steps "
                         f"before decoding (default 0: one forward pass; {DEFAULT_STEPS} is a good start, about "
                         "0.5 s each on a CPU)")
+    parser.add_argument("--optimize", action="store_true", help="optimise the velocity on the pair after the "
+                        f"forward pass (test-time optimisation, {OptimizeSettings().coarse_steps} steps at most; "
+                        "seconds on a CPU; the result stays a diffeomorphism)")
+    parser.add_argument("--optimize-steps", type=int, default=None, help="with --optimize, at most this many steps "
+                        f"(default {OptimizeSettings().coarse_steps}; implies --optimize)")
     parser.add_argument("--max-voxels", type=int, default=None, help="refuse volumes larger than this many voxels, "
                         f"read from their headers (default ${ENV_MAX_VOXELS} or {MAX_VOXELS:,})")
     return parser
+
+
+def optimize_steps(optimize: bool, steps: int | None) -> int:
+    """The velocity optimisation steps of the command line: 0 without ``--optimize`` or ``--optimize-steps``."""
+    if steps is not None:
+        return steps
+    return OptimizeSettings().coarse_steps if optimize else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> str:
         metrics = register_files(args.fixed, args.moving, args.out, args.checkpoint, args.fixed_seg,
-                                 args.moving_seg, args.device, args.refine_steps, args.max_voxels, args.overwrite)
+                                 args.moving_seg, args.device, args.refine_steps, args.max_voxels, args.overwrite,
+                                 optimize_steps(args.optimize, args.optimize_steps))
         line = (f"wrote {len(metrics['outputs'])} files to {args.out} in {metrics['seconds']['total']:.1f} s "
                 f"(registration {metrics['seconds']['registration']:.2f} s); "
                 f"folding {100 * metrics['negative_jacobian_fraction']:.3f} %")

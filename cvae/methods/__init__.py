@@ -29,6 +29,7 @@ Everything else (warping images and labels, Jacobians, Dice, HD95, timing tables
 The registry
 ============
 :func:`get_method` builds a method by name: ``"cvae"`` (the CVAE of a checkpoint, :mod:`cvae.methods.cvae`),
+``"cvae-opt"`` (the same followed by test-time optimisation of the velocity, :mod:`cvae.optimize`),
 ``"demons"`` (SimpleITK diffeomorphic demons, :mod:`cvae.methods.demons`), ``"identity"`` (no registration: the
 unregistered baseline, :mod:`cvae.methods.identity`) and ``"voxelmorph"`` (:mod:`cvae.methods.voxelmorph`,
 which must provide ``VoxelMorphMethod(checkpoint: str | Path, device: str | torch.device)`` implementing the
@@ -50,10 +51,11 @@ __all__ = ["Method", "MethodResult", "MethodUnavailable", "METHODS", "DEFAULT_CH
            "displacement_array"]
 
 #: Names accepted by :func:`get_method`, in the order tables list them.
-METHODS: tuple[str, ...] = ("cvae", "demons", "voxelmorph", "identity")
+METHODS: tuple[str, ...] = ("cvae", "cvae-opt", "demons", "voxelmorph", "identity")
 
 #: Checkpoint used when ``get_method`` gets ``checkpoint=None`` (a name under ``checkpoints/`` or a folder).
-DEFAULT_CHECKPOINTS: dict[str, str] = {"cvae": "synthetic-acdc", "voxelmorph": "voxelmorph-synthetic-acdc"}
+DEFAULT_CHECKPOINTS: dict[str, str] = {"cvae": "synthetic-acdc", "cvae-opt": "synthetic-acdc",
+                                        "voxelmorph": "voxelmorph-synthetic-acdc"}
 
 
 class MethodUnavailable(ValueError):
@@ -115,9 +117,10 @@ def get_method(name: str, checkpoint: str | Path | None = None, device: str | to
         folder = resolve_checkpoint(checkpoint)
     except CheckpointError as exc:
         raise MethodUnavailable(f"{key}: {exc}") from None
-    if key == "cvae":
+    if key in ("cvae", "cvae-opt"):
         from cvae.methods.cvae import CVAEMethod
-        return CVAEMethod(folder, device)
+        from cvae.optimize import OptimizeSettings
+        return CVAEMethod(folder, device, OptimizeSettings() if key == "cvae-opt" else None)
     try:
         module = importlib.import_module("cvae.methods.voxelmorph")
     except ImportError as exc:

@@ -1,6 +1,7 @@
 """What a training run depends on, and its command-line form.
 
-:class:`RunConfig` holds what every run of the project shares (data, schedule, checkpoints, machine);
+:class:`SessionConfig` holds what every run of the training loop shares (batch, augmentation, seed, machine, cache,
+resume; ``cvae adapt``'s config adds its own to it); :class:`RunConfig` adds a run's data, schedule and checkpoints;
 :class:`TrainConfig` adds the CVAE's objective schedule and holds its :class:`~cvae.model.ModelConfig` (the VoxelMorph
 baseline's ``VxmTrainConfig`` holds a ``VoxelMorphConfig`` the same way). A config is saved in its checkpoints'
 ``config.json`` under ``training``.
@@ -15,25 +16,16 @@ from cvae.config import at_least, option
 from cvae.data.grid import DEFAULT_SPACING
 from cvae.model import ModelConfig
 
-__all__ = ["RunConfig", "TrainConfig"]
+__all__ = ["SessionConfig", "RunConfig", "TrainConfig"]
 
 
 @dataclass
-class RunConfig:
-    """The settings every training run shares: data, schedule, checkpoints and machine (see the field help)."""
+class SessionConfig:
+    """What every run of the training loop shares, whatever it trains and from what: pairs per step, augmentation,
+    randomness, machine, cache and resume (see the field help)."""
 
-    data: str | None = option(None, "ACDC-layout cohort root (real ACDC or `cvae synth` output); None = $CVAE_DATA "
-                                    "or <repo>/data/synthetic-acdc")
-    out: str = option("runs/cvae", "run folder: last/ and best/ checkpoints, log.jsonl")
-    steps: int = option(20000, "optimiser steps (batches) in all, counting those of a resumed run")
     batch_size: int = option(1, "pairs per step and process")
-    lr: float = option(5e-4, "Adam learning rate")
-    spacing: tuple[float, float, float] = option(DEFAULT_SPACING, "voxel size of the preprocessed grid, mm (X Y Z)")
     augment: bool = option(True, "random shift, rotation, scaling and mirroring of every pair")
-    val_subjects: int = option(10, "the last N training subjects are held out for validation")
-    val_every: int = option(500, "steps between validations (best/ keeps the best one)")
-    save_every: int = option(100, "steps between saves of last/ (a SIGKILL loses at most this many)")
-    time_limit_min: float = option(0.0, "stop and save after this many minutes of steps; 0 = no limit")
     seed: int = option(0, "seed of the initialisation, sample order, augmentation and noise")
     device: str = option("auto", "auto (CUDA when present), cpu or cuda[:N]")
     threads: int = option(0, "torch intra-op threads per process; 0 = torch's default")
@@ -42,8 +34,29 @@ class RunConfig:
                                  "on)")
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "steps", "batch_size", "val_every", "save_every")
-        at_least(self, 0, "val_subjects", "time_limit_min", "threads", "lr")
+        at_least(self, 1, "batch_size")
+        at_least(self, 0, "threads")
+
+
+@dataclass
+class RunConfig(SessionConfig):
+    """A training run from scratch: the shared settings, the data, schedule and checkpoints (see the field help)."""
+
+    data: str | None = option(None, "ACDC-layout cohort root (real ACDC or `cvae synth` output); None = $CVAE_DATA "
+                                    "or <repo>/data/synthetic-acdc")
+    out: str = option("runs/cvae", "run folder: last/ and best/ checkpoints, log.jsonl")
+    steps: int = option(20000, "optimiser steps (batches) in all, counting those of a resumed run")
+    lr: float = option(5e-4, "Adam learning rate")
+    spacing: tuple[float, float, float] = option(DEFAULT_SPACING, "voxel size of the preprocessed grid, mm (X Y Z)")
+    val_subjects: int = option(10, "the last N training subjects are held out for validation")
+    val_every: int = option(500, "steps between validations (best/ keeps the best one)")
+    save_every: int = option(100, "steps between saves of last/ (a SIGKILL loses at most this many)")
+    time_limit_min: float = option(0.0, "stop and save after this many minutes of steps; 0 = no limit")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self, 1, "steps", "val_every", "save_every")
+        at_least(self, 0, "val_subjects", "time_limit_min", "lr")
         if len(self.spacing) != 3 or not all(float(s) > 0 for s in self.spacing):
             raise ValueError(f"--spacing must be three voxel sizes > 0 mm, got {' '.join(map(str, self.spacing))}")
 

@@ -35,7 +35,7 @@ from cvae.fields import image_tensor, warp_labels
 from cvae.io.atomic import recover_folder, write_text
 from cvae.model import CVAERegistration
 
-__all__ = ["LoopSettings", "HeldOut", "RunState", "StopFlag", "collate", "rewind_log", "validate", "fit",
+__all__ = ["LoopSettings", "HeldOut", "RunState", "Monitor", "StopFlag", "collate", "rewind_log", "validate", "fit",
            "held_out_split", "holds_run", "check_run_folder", "resume_state", "run_summary"]
 
 
@@ -135,17 +135,38 @@ def _label_dice(item: dict, displacement: torch.Tensor) -> float | None:
 
 @dataclass
 class RunState:
-    """Where a run stands: optimiser steps done, best validation Dice, seconds spent in steps."""
+    """Where a run stands: optimiser steps done, best validation score (:attr:`Monitor.score`), seconds spent in
+    steps (``wall``) and in steps and validations (``elapsed``)."""
 
     step: int = 0
     best: float = -math.inf
     wall: float = 0.0
+    elapsed: float = 0.0
+
+
+Validator = Callable[[torch.nn.Module, PairDataset, list[int], torch.device], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """How :func:`fit` validates and when it stops early; the defaults are ``cvae train``'s.
+
+    ``validate(model, dataset, indices, device)`` scores the held-out pairs; ``score`` names the score to maximise
+    (``best/`` keeps the best); the run stops after ``patience`` validations in a row without a better score
+    (0: never) and once ``time_limit_s`` seconds of steps and validations have passed (``RunState.elapsed``, kept
+    across resumes; 0: no limit), the progress bar then counting seconds instead of steps."""
+
+    validate: Validator = validate
+    score: str = "val_dice"
+    patience: int = 0
+    time_limit_s: float = 0.0
 
 
 def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, split: HeldOut,
         cfg: LoopSettings, state: RunState, save: Callable[[RunState, str, dict | None], None], log: TextIO | None,
         device: torch.device, *, rank: int = 0, world: int = 1, progress: bool = False,
-        schedule: Callable[[int], dict[str, float]] | None = None, labels: bool = False) -> RunState:
+        schedule: Callable[[int], dict[str, float]] | None = None, labels: bool = False,
+        monitor: Monitor = Monitor()) -> RunState:
     """The training loop shared by the CVAE and the VoxelMorph baseline.
 
     ``net`` (``model``, an objective around it, or their DDP wrapper) maps ``(fixed, moving)`` to a dict of loss
@@ -157,23 +178,36 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
     and code warm-up weights); they are logged with the loss terms. With ``labels`` the batch's ``moving_label`` and
     ``fixed_label`` are passed to ``net`` too (the training split must then be labelled). A run stopped by SIGTERM
     or Ctrl-C saves ``last`` and then raises :class:`cvae.cli.Interrupted` (the command exits with 143 or 130).
+    ``monitor`` says what validation scores and when the run stops early (:class:`Monitor`).
     """
     dataset, train_idx, val_idx = split
     sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
     per_epoch = len(sampler) // cfg.batch_size
     augment = AugmentParams() if cfg.augment else None
-    validated = state.step
+    timed = monitor.time_limit_s > 0
+    if (monitor.patience or timed) and world > 1:
+        raise ValueError("the monitor's early stopping and time limit need a single process")
+    validated, stale = state.step, 0  # stale: validations of this process since the best one
 
     def validate_and_keep_best() -> None:
-        scores = validate(model, dataset, val_idx, device)
-        log.write(json.dumps({"kind": "val", "step": state.step, **scores}) + "\n")
-        if scores["val_dice"] > state.best:
-            state.best = scores["val_dice"]
+        nonlocal stale
+        tic = time.perf_counter()
+        scores = monitor.validate(model, dataset, val_idx, device)
+        stale += 1
+        if scores[monitor.score] > state.best:
+            state.best, stale = scores[monitor.score], 0
             save(state, "best", scores)
+        seconds = time.perf_counter() - tic
+        state.elapsed += seconds
+        log.write(json.dumps({"kind": "val", "step": state.step, **scores, "sec": round(seconds, 4)}) + "\n")
+        bar.set_postfix({monitor.score: f"{scores[monitor.score]:.4g}", "best": f"{state.best:.4g}"})
+        if timed:
+            bar.update(min(round(state.elapsed), bar.total) - bar.n)
 
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress or rank != 0, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(total=round(monitor.time_limit_s) if timed else cfg.steps,
+               initial=min(round(state.elapsed), round(monitor.time_limit_s)) if timed else state.step,
+               disable=not progress or rank != 0, unit="s" if timed else "step", dynamic_ncols=True)
     with StopFlag() as stop:
         net.train()
         while state.step < cfg.steps and not stop.requested:
@@ -196,13 +230,19 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
             state.step += 1
             elapsed = time.perf_counter() - tic
             state.wall += elapsed
+            state.elapsed += elapsed
             values = {k: round(float(v.detach()), 6) for k, v in terms.items()} | extra
             if rank == 0:
                 log.write(json.dumps({"kind": "train", "step": state.step, **values, "sec": round(elapsed, 4)})
                           + "\n")
-                bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, s_per_step=f"{elapsed:.2f}")
-                bar.update(1)
+                if timed:
+                    bar.update(min(round(state.elapsed), bar.total) - bar.n)
+                else:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, s_per_step=f"{elapsed:.2f}")
+                    bar.update(1)
                 if cfg.time_limit_min and state.wall > 60 * cfg.time_limit_min:
+                    stop.requested = True
+                if timed and state.elapsed > monitor.time_limit_s:
                     stop.requested = True
             if world > 1:  # every process stops, and knows which signal asked
                 flag = torch.tensor([float(stop.requested), float(stop.signum or 0)], device=device)
@@ -212,6 +252,9 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
             if rank == 0 and val_idx and (state.step % cfg.val_every == 0 or done):
                 validate_and_keep_best()
                 validated = state.step
+                if (monitor.patience and stale >= monitor.patience) or (timed and
+                                                                      state.elapsed > monitor.time_limit_s):
+                    stop.requested = done = True
             if rank == 0 and (state.step % cfg.save_every == 0 or done):
                 save(state, "last")
     bar.close()
@@ -286,5 +329,5 @@ def resume_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Op
     optimizer.load_state_dict(opt_state)
     for group in optimizer.param_groups:
         group.update(group_overrides)
-    return RunState(trainer["step"], trainer["best_dice"], trainer["wall_time_s"])
+    return RunState(trainer["step"], trainer["best_dice"], trainer["wall_time_s"], trainer.get("elapsed_s", 0.0))
 

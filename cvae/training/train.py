@@ -122,7 +122,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         info = {**training_info, "steps_done": state.step, "wall_time_s": round(state.wall, 1)}
         save_checkpoint(out / folder, model, spacing=cfg.spacing, training=info, metrics=metrics,
                         optimizer=optimizer if folder == "last" else None,
-                        trainer={"step": state.step, "best_dice": state.best, "wall_time_s": state.wall})
+                        trainer={"step": state.step, "best_dice": state.best, "wall_time_s": state.wall,
+                                 "elapsed_s": state.elapsed})
 
     try:
         with open(log_path, "a", buffering=1) if rank == 0 else nullcontext() as log:
