@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 #: command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("cvae.data.synthetic", "write a synthetic ACDC-like cohort in the ACDC layout"),
+    "synth": ("cvae.data.synth", "write a synthetic ACDC-like cohort (or the held-out foreign one) in the ACDC layout"),
     "train": ("cvae.training.train", "train the CVAE (single process or torchrun)"),
     "adapt": ("cvae.training.adapt", "fine-tune a trained CVAE on your own cohort, no segmentations needed"),
     "register": ("cvae.io.register", "register two NIfTI images, write NIfTI outputs and metrics"),

@@ -11,7 +11,8 @@ from scipy import ndimage
 
 from cvae.data.acdc import read_info_cfg
 from cvae.data.labels import GROUPS, LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY
-from cvae.data.synthetic import ed_labels_at, group_of, main, make_cohort, make_subject
+from cvae.data.synth import main
+from cvae.data.synthetic import ed_labels_at, group_of, make_cohort, make_subject
 from cvae.data.synthetic_anatomy import ed_scene
 from cvae.data.synthetic_motion import es_to_ed
 from cvae.evaluation.clinical import clinical_measures

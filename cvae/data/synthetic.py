@@ -73,7 +73,6 @@ best in one place. The anatomy, the motion and the parameter draws live in ``syn
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import math
 import os
@@ -87,7 +86,6 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from cvae.cli import run_command
 from cvae.io.atomic import check_writable
 from cvae.data.labels import GROUPS
 from cvae.data.synthetic_anatomy import NO_TISSUE, body_classes, ed_scene, heart_classes, intensity_table
@@ -95,7 +93,7 @@ from cvae.data.synthetic_motion import es_to_ed
 from cvae.data.synthetic_params import SubjectParams, sample_subject
 
 __all__ = [
-    "SPLITS", "SyntheticSubject", "group_of", "make_subject", "save_subject", "make_cohort", "main", "ed_labels_at",
+    "SPLITS", "SyntheticSubject", "group_of", "make_subject", "save_subject", "make_cohort", "ed_labels_at",
     "heart_to_voxel", "voxel_to_heart",
 ]
 
@@ -398,38 +396,3 @@ def make_cohort(
             if progress is not None:
                 progress(done, total)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``cvae synth``: write a synthetic ACDC-like cohort. Exit 0 on success, 2 with a one-line message on bad input."""
-    parser = argparse.ArgumentParser(prog="cvae synth", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output directory (ACDC layout: training/, testing/; created)")
-    parser.add_argument("--n-train", type=int, default=234, help="training subjects (default 234, as the paper)")
-    parser.add_argument("--n-test", type=int, default=100, help="testing subjects (default 100)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--cine", action="store_true", help="also write the cine patientNNN_4d.nii.gz (slower)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default all CPUs)")
-    parser.add_argument("--style", choices=("acdc", "foreign"), default="acdc",
-                        help="acdc: this generator (default); foreign: the independent held-out phantom generator "
-                             "of cvae.data.foreign (never train or tune on it)")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-
-    def body() -> str:
-        if args.style == "foreign":
-            if args.cine:
-                raise ValueError("--cine is not available with --style foreign (it writes the ED and ES frames only)")
-            from cvae.data.foreign import make_foreign_cohort
-
-            out = make_foreign_cohort(args.out, args.n_train, args.n_test, args.seed, args.workers)
-            return (f"wrote {args.n_train} training + {args.n_test} testing foreign (held-out) subjects to {out} in "
-                    f"{time.perf_counter() - start:.1f} s")
-        out = make_cohort(args.out, args.n_train, args.n_test, args.seed, args.cine, args.workers)
-        return (f"wrote {args.n_train} training + {args.n_test} testing subjects to {out} in "
-                f"{time.perf_counter() - start:.1f} s")
-
-    return run_command("cvae synth", body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

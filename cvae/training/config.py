@@ -26,12 +26,12 @@ class SessionConfig:
 
     batch_size: int = option(1, "pairs per step and process")
     augment: bool = option(True, "random shift, rotation, scaling and mirroring of every pair")
-    seed: int = option(0, "seed of the initialisation, sample order, augmentation and noise")
+    seed: int = option(0, "seed of the sample order, augmentation and noise (and of a new model's initialisation)")
     device: str = option("auto", "auto (CUDA when present), cpu or cuda[:N]")
     threads: int = option(0, "torch intra-op threads per process; 0 = torch's default")
     cache_dir: str | None = option(None, "preprocessed-volume cache; None = $CVAE_CACHE or ~/.cache/cvae-reg")
-    resume: bool = option(False, "continue from <out>/last (for the CVAE, --lr and --weight-decay apply from there "
-                                 "on)")
+    resume: bool = option(False, "continue the run in --out from its last/ checkpoint (cvae train and cvae adapt: "
+                                 "with the command line's --lr, and cvae train's --weight-decay, from there on)")
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size")

@@ -207,7 +207,8 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
 
     bar = tqdm(total=round(monitor.time_limit_s) if timed else cfg.steps,
                initial=min(round(state.elapsed), round(monitor.time_limit_s)) if timed else state.step,
-               disable=not progress or rank != 0, unit="s" if timed else "step", dynamic_ncols=True)
+               disable=not progress or rank != 0, unit="s" if timed else "step", dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if timed else None)
     with StopFlag() as stop:
         net.train()
         while state.step < cfg.steps and not stop.requested:
