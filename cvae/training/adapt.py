@@ -106,9 +106,9 @@ def validate_objective(model: torch.nn.Module, dataset: PairDataset, indices: li
 
 def _two_frames(dataset: PairDataset) -> None:
     """One-line ``ValueError`` when a subject's ED and ES are the same frame (nothing to register)."""
-    same = [info.subject for info in dataset.infos if info.ed_frame == info.es_frame]
+    same = [info for info in dataset.infos if info.ed_frame == info.es_frame]
     if same:
-        raise ValueError(f"{len(same)} subject(s) have ED = ES (e.g. {same[0]}: frame {dataset.infos[0].ed_frame}); "
+        raise ValueError(f"{len(same)} subject(s) have ED = ES (e.g. {same[0].subject}: frame {same[0].ed_frame}); "
                          "adaptation needs two different frames per subject: fix their Info.cfg or remove them")
 
 
@@ -183,7 +183,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> tuple[Path, RunState, dict
             "preprocessing_s": round(prep_s, 1), "unadapted": before}
 
     def save(state: RunState, folder: str, metrics: dict | None = None) -> None:
-        card = model_card(cfg, base, split, state, info["unadapted"], metrics, prep_s)
+        card = model_card(cfg, base, split, state, before, metrics, prep_s)
         save_checkpoint(out / folder, model, spacing=spacing, metrics=metrics,
                         training={**info, "steps_done": state.step, "elapsed_s": round(state.elapsed, 1)},
                         optimizer=optimizer if folder == "last" else None, extra_files={"README.md": card},

@@ -152,9 +152,10 @@ class Monitor:
     """How :func:`fit` validates and when it stops early; the defaults are ``cvae train``'s.
 
     ``validate(model, dataset, indices, device)`` scores the held-out pairs; ``score`` names the score to maximise
-    (``best/`` keeps the best); the run stops after ``patience`` validations in a row without a better score
-    (0: never) and once ``time_limit_s`` seconds of steps and validations have passed (``RunState.elapsed``, kept
-    across resumes; 0: no limit), the progress bar then counting seconds instead of steps."""
+    (``best/`` keeps the best); the run stops after ``patience`` validations in a row without a better score (0:
+    never; a resumed run counts afresh) and once ``time_limit_s`` seconds of steps and validations have passed
+    (``RunState.elapsed``, kept across resumes; 0: no limit), the progress bar then counting seconds instead of
+    steps."""
 
     validate: Validator = validate
     score: str = "val_dice"
@@ -243,8 +244,6 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
                     bar.update(1)
                 if cfg.time_limit_min and state.wall > 60 * cfg.time_limit_min:
                     stop.requested = True
-                if timed and state.elapsed > monitor.time_limit_s:
-                    stop.requested = True
             if world > 1:  # every process stops, and knows which signal asked
                 flag = torch.tensor([float(stop.requested), float(stop.signum or 0)], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -253,9 +252,10 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
             if rank == 0 and val_idx and (state.step % cfg.val_every == 0 or done):
                 validate_and_keep_best()
                 validated = state.step
-                if (monitor.patience and stale >= monitor.patience) or (timed and
-                                                                      state.elapsed > monitor.time_limit_s):
+                if monitor.patience and stale >= monitor.patience:
                     stop.requested = done = True
+            if timed and state.elapsed > monitor.time_limit_s:  # steps and validations: checked after both
+                stop.requested = done = True
             if rank == 0 and (state.step % cfg.save_every == 0 or done):
                 save(state, "last")
     bar.close()
