@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -18,20 +19,20 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def file_mode() -> int:
-    """What a new file gets under the current umask (0o644 with the usual 022)."""
-    return 0o666 & ~umask()
+    """The reference: the mode the operating system gives a file made by ``open`` under the current umask."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "plain"
+        path.write_text("")
+        return mode(path)
 
 
 def folder_mode() -> int:
-    """What a new folder gets under the current umask (0o755 with the usual 022)."""
-    return 0o777 & ~umask()
+    """The reference: the mode the operating system gives a folder made by ``mkdir`` under the current umask."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "plain"
+        path.mkdir()
+        return mode(path)
 
 
 def listing(folder: Path) -> dict[str, str]:
