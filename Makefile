@@ -1,6 +1,6 @@
 # cvae-reg: two commands do all set-up on a fresh machine.
-#   make app    create .venv, install, prepare the demo cohort if missing, serve the app on 127.0.0.1
-#   make test   same set-up, then the whole test suite (fast tests + browser tests)
+#   make app    create .venv, install, write the demo cohort's test split if missing, serve the app on 127.0.0.1
+#   make test   same set-up plus the training split, then the whole test suite (fast tests + browser tests)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -18,12 +18,15 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-bench.txt pyproject
 
 install: $(STAMP)
 
-$(DATA)/testing: | $(STAMP)
-	$(PY) -m cvae.cli synth --out $(DATA)
+# One split at a time, each exactly as in the whole cohort: the app studies the test split, so `make app` waits for
+# it alone; the training split comes when the tests (or training) need it. A stamp marks a split written to the end.
+$(DATA)/.%-complete: | $(STAMP)
+	$(PY) -m cvae.cli synth --out $(DATA) --splits $*
+	touch $@
 
-cohort: $(DATA)/testing
+cohort: $(DATA)/.testing-complete $(DATA)/.training-complete
 
-app: install cohort
+app: install $(DATA)/.testing-complete
 	CVAE_DATA=$(abspath $(DATA)) $(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) \
 		--server.headless true --browser.gatherUsageStats false
 

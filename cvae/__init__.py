@@ -12,12 +12,32 @@ Layers: :func:`warp` (and :func:`warp_labels` for label maps), :func:`compose`, 
 """
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint  # noqa: E402
-from .fields import compose, exponentiate, image_tensor, jacobian_determinant, warp, warp_labels  # noqa: E402
-from .model import CVAERegistration, ModelConfig, RegistrationResult  # noqa: E402
+#: Public name -> the module that holds it. Imported on first use (PEP 562), so that ``import cvae.cli`` and
+#: ``cvae --help`` do not load torch.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"], "checkpoint"),
+    **dict.fromkeys(["compose", "exponentiate", "image_tensor", "jacobian_determinant", "warp", "warp_labels"],
+                    "fields"),
+    **dict.fromkeys(["CVAERegistration", "RegistrationResult"], "model"),
+    "ModelConfig": "model_config",
+}
 
 __all__ = ["__version__", "warp", "warp_labels", "image_tensor", "compose", "exponentiate", "jacobian_determinant",
            "CVAERegistration", "ModelConfig", "RegistrationResult", "load_model", "load_checkpoint", "save_checkpoint",
            "CheckpointError"]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cvae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

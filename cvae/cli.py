@@ -22,15 +22,16 @@ import sys
 import threading
 from collections.abc import Callable
 
-#: command -> (module, one-line description)
+#: command -> (its module in cvae.commands, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("cvae.data.synth", "write a synthetic ACDC-like cohort (or the held-out foreign one) in the ACDC layout"),
-    "train": ("cvae.training.train", "train the CVAE (single process or torchrun)"),
-    "adapt": ("cvae.training.adapt", "fine-tune a trained CVAE on your own cohort, no segmentations needed"),
-    "register": ("cvae.io.register", "register two NIfTI images, write NIfTI outputs and metrics"),
-    "evaluate": ("cvae.evaluation.evaluate", "evaluate registration methods on a cohort (the CVAE and its baselines)"),
-    "embed": ("cvae.latent.cohort", "encode a cohort to a table of latent codes and clinical measures"),
-    "standardise": ("cvae.latent.standardise", "re-centre and re-scale a checkpoint's latent space to a cohort's "
+    "synth": ("cvae.commands.synth", "write a synthetic ACDC-like cohort (or the held-out foreign one) in the ACDC "
+              "layout"),
+    "train": ("cvae.commands.train", "train the CVAE (single process or torchrun)"),
+    "adapt": ("cvae.commands.adapt", "fine-tune a trained CVAE on your own cohort, no segmentations needed"),
+    "register": ("cvae.commands.register", "register two NIfTI images, write NIfTI outputs and metrics"),
+    "evaluate": ("cvae.commands.evaluate", "evaluate registration methods on a cohort (the CVAE and its baselines)"),
+    "embed": ("cvae.commands.embed", "encode a cohort to a table of latent codes and clinical measures"),
+    "standardise": ("cvae.commands.standardise", "re-centre and re-scale a checkpoint's latent space to a cohort's "
                     "codes (exact, lowers the KL)"),
 }
 

@@ -191,3 +191,28 @@ def test_run_command_in_another_thread_leaves_the_signal_handlers_alone(capsys):
     assert results == [0]  # signal.signal would raise ValueError outside the main thread
     assert during == [before] and signal.getsignal(signal.SIGTERM) is before
     assert capsys.readouterr().out == "done in a thread\n"
+
+
+HEAVY = ("torch", "numpy", "scipy", "nibabel", "pandas")
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_and_a_bad_option_answer_without_importing_the_heavy_libraries(command):
+    """`cvae --help`, `cvae COMMAND --help` and an option error need only the parsers: a fresh interpreter shows
+    which modules they loaded (none of torch, numpy, scipy, nibabel, pandas)."""
+    import json
+    import subprocess
+    import sys
+
+    probe = (f"import contextlib, io, json, sys\nfrom cvae.cli import main\nout = io.StringIO()\n"
+             f"codes = []\nfor argv in ({[command, '--help'] if command else ['--help']!r}, "
+             f"{[command, '--no-such-option'] if command else ['no-such-command']!r}):\n"
+             f"    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):\n"
+             f"        try:\n            codes.append(main(argv))\n"
+             f"        except SystemExit as exc:\n            codes.append(exc.code)\n"
+             f"print(json.dumps([codes, len(out.getvalue()), sorted(m for m in {HEAVY!r} if m in sys.modules)]))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          cwd=Path(cvae.cli.__file__).parents[1])
+    codes, help_chars, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert codes == [0, 2] and help_chars > 200
+    assert loaded == []

@@ -74,6 +74,9 @@ def test_cache_hit_skips_preprocessing(root: Path, tmp_path: Path, monkeypatch: 
         raise AssertionError("preprocessing ran despite a valid cache")
 
     monkeypatch.setattr(dataset_module, "preprocess_subject", fail)
+    monkeypatch.setattr(dataset_module, "ProcessPoolExecutor", fail)  # nothing left to do: no process started
+    cached = make(root, tmp_path)
+    assert all(cached.is_cached(info) for info in cached.infos) and cached.prepare(workers=4) == 3
     again = make(root, tmp_path)[1]
     for key in ("fixed", "moving", "fixed_label", "moving_label"):
         assert torch.equal(again[key], expected[key])
@@ -119,10 +122,12 @@ def test_bad_subjects_are_skipped_with_warning(root: Path, tmp_path: Path) -> No
     calls = []
     with pytest.warns(UserWarning, match="patient002"):
         prepared = make(root, tmp_path)
+    todo = [info.subject for info in prepared.infos if not prepared.is_cached(info)]
+    assert todo[-1] == "patient005" and "patient001" not in todo  # patient001 was read (and cached) above
     with pytest.warns(UserWarning, match="patient005"):
         kept = prepared.prepare(progress=lambda done, total, name: calls.append((done, total, name)))
     assert kept == 2 and prepared.subjects == ["patient001", "patient003"]
-    assert calls == [(1, 3, "patient001"), (2, 3, "patient003"), (3, 3, "patient005")]
+    assert calls == [(k, len(todo), name) for k, name in enumerate(todo, start=1)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert [prepared[i]["subject"] for i in range(len(prepared))] == ["patient001", "patient003"]

@@ -21,11 +21,11 @@ from cvae.evaluation.evaluate import (
     build_methods,
     evaluate_pair,
     evaluation_grid,
-    main,
     run_evaluation,
     summarise,
     summary_markdown,
 )
+from cvae.commands.evaluate import main
 from cvae.evaluation.figures import box_plot
 from cvae.evaluation.reference import COHORTS, cohort_comparison, reference_cases
 from cvae.evaluation.metrics import dice, hd95

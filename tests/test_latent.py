@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cvae.latent as latent
-import cvae.latent.cohort as cohort
+import cvae.commands.embed as embed
 from cvae.checkpoint import save_checkpoint
 from cvae.data.dataset import PairDataset
 from cvae.data.labels import GROUPS
@@ -230,14 +230,14 @@ def test_bad_input_is_a_value_error(latent_pair, call, message) -> None:
 def test_cli_embed(latent_cohort: Path, latent_checkpoint: Path, tmp_path: Path,
                    capsys: pytest.CaptureFixture) -> None:
     out, data, checkpoint = tmp_path / "codes.csv", str(latent_cohort), str(latent_checkpoint)
-    assert cohort.main(["--data", data, "--checkpoint", checkpoint, "--out", str(out), "--split", "training",
+    assert embed.main(["--data", data, "--checkpoint", checkpoint, "--out", str(out), "--split", "training",
                         "--device", "cpu"]) == 0
     table = pd.read_csv(out)
     assert len(table) == 4 and latent.latent_dim_of(table) == LATENT_DIM
     assert "wrote 4 subjects x 3-D codes" in capsys.readouterr().out
-    assert cohort.main(["--data", str(tmp_path / "nowhere"), "--checkpoint", checkpoint, "--out", str(out)]) == 2
-    assert cohort.main(["--data", data, "--checkpoint", str(tmp_path / "missing"), "--out", str(out)]) == 2
-    assert cohort.main(["--data", data, "--checkpoint", checkpoint, "--out", str(tmp_path)]) == 2
+    assert embed.main(["--data", str(tmp_path / "nowhere"), "--checkpoint", checkpoint, "--out", str(out)]) == 2
+    assert embed.main(["--data", data, "--checkpoint", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert embed.main(["--data", data, "--checkpoint", checkpoint, "--out", str(tmp_path)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cvae embed:")]
     assert len(errors) == 3 and all(line.startswith("cvae embed: error: ") for line in errors)
     assert "data folder not found" in errors[0] and "not found" in errors[1] and "is a directory" in errors[2]
@@ -283,14 +283,14 @@ def test_cli_embed_checks_its_out_before_encoding(latent_cohort: Path, latent_ch
         encoded.append(args)
         raise RuntimeError("the cohort was encoded before --out was checked")
 
-    monkeypatch.setattr(cohort, "encode_cohort", encode_spy)
+    monkeypatch.setattr("cvae.latent.cohort.encode_cohort", encode_spy)
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
     (tmp_path / "folder").mkdir()
     cases = [(tmp_path / "folder", "is a directory: give a file name"),
              (a_file / "codes.csv", f"{a_file} is a file, not a folder")]
     for out, message in cases:
-        assert cohort.main(["--data", str(latent_cohort), "--checkpoint", str(latent_checkpoint), "--out", str(out),
+        assert embed.main(["--data", str(latent_cohort), "--checkpoint", str(latent_checkpoint), "--out", str(out),
                             "--device", "cpu"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"cvae embed: error: --out {out}") and message in err[0], err
@@ -300,7 +300,7 @@ def test_cli_embed_checks_its_out_before_encoding(latent_cohort: Path, latent_ch
 
     monkeypatch.setattr("cvae.io.atomic.tempfile.mkstemp", denied)
     out = tmp_path / "folder" / "codes.csv"
-    assert cohort.main(["--data", str(latent_cohort), "--checkpoint", str(latent_checkpoint), "--out", str(out),
+    assert embed.main(["--data", str(latent_cohort), "--checkpoint", str(latent_checkpoint), "--out", str(out),
                         "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot write in {tmp_path / 'folder'}" in err[0], err

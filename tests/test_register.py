@@ -1,6 +1,8 @@
-"""`cvae register`: outputs on the fixed grid that SimpleITK reads and reproduces, metrics, and bad input."""
+"""`cvae register`: outputs on the fixed grid that SimpleITK reads and reproduces, metrics, bad input, and many
+pairs in one process (`--pairs`)."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -22,7 +24,9 @@ from cvae.data.preprocess import preprocess_image_pair, resample_to_grid
 from cvae.evaluation.metrics import structure_scores
 from cvae.fields import image_tensor
 from cvae.io.nifti import NIFTI_INTENT_VECTOR, load_vector_field
-from cvae.io.register import OUTPUT_FILES, main, register_files, warp_to_grid
+from cvae.commands.register import main
+from cvae.io.pairs import SUMMARY_COLUMNS, read_pairs
+from cvae.io.register import OUTPUT_FILES, register_files, warp_to_grid
 from cvae.latent.refine import refine_code
 from cvae.losses import symmetric_lcc
 from cvae.model import CVAERegistration, ModelConfig
@@ -450,3 +454,89 @@ def test_an_interrupt_while_writing_keeps_the_earlier_outputs(interrupt, code, h
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no .run.tmp-* left
     assert main(register_args(nifti_pair, checkpoint, tmp_path / "new")) == code
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # a new folder is not created at all
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cvae register --pairs: many pairs in one process, the same outputs as one pair at a time, failures isolated
+
+
+def pairs_file(path: Path, rows: list[dict[str, str]]) -> Path:
+    columns = sorted({key for row in rows for key in row})
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def summary(out: Path) -> list[dict[str, str]]:
+    with open(out / "pairs.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_pairs_give_the_outputs_of_single_registrations(nifti_pair, checkpoint, outputs, tmp_path, capsys):
+    single, metrics = outputs
+    (tmp_path / "images").mkdir()
+    for key, path in nifti_pair.items():  # the second row names its files relative to the CSV's folder
+        (tmp_path / "images" / path.name).write_bytes(path.read_bytes())
+    listed = pairs_file(tmp_path / "pairs.csv", [
+        {"name": "with-labels", **{k: str(v) for k, v in nifti_pair.items()}},
+        {"fixed": "images/fixed.nii.gz", "moving": "images/moving.nii.gz"}])
+    out = tmp_path / "out"
+    assert main(["--pairs", str(listed), "--out", str(out), "--checkpoint", str(checkpoint), "--device", "cpu"]) == 0
+    assert "registered 2 of 2 pairs" in capsys.readouterr().out
+    alone = tmp_path / "alone"  # without labels the crop is centred from the motion: another single run
+    register_files(nifti_pair["fixed"], nifti_pair["moving"], alone, checkpoint, device="cpu")
+    for name, reference in (("with-labels", single), ("002", alone)):
+        for field in ("displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz"):
+            np.testing.assert_array_equal(nib.load(out / name / field).get_fdata(),
+                                          nib.load(reference / field).get_fdata(), err_msg=f"{name}/{field}")
+    assert (out / "with-labels" / "warped_seg.nii.gz").is_file() and not (out / "002" / "warped_seg.nii.gz").exists()
+    rows = summary(out)
+    assert list(rows[0]) == list(SUMMARY_COLUMNS) and [r["status"] for r in rows] == ["ok", "ok"]
+    assert float(rows[0]["dice_mean"]) == pytest.approx(metrics["segmentation"]["dice_mean"], abs=1e-6)
+    assert rows[1]["dice_mean"] == "" and float(rows[1]["folding_percent"]) == 0.0
+
+
+def test_a_failing_pair_is_recorded_and_the_others_are_registered(nifti_pair, checkpoint, tmp_path, capsys):
+    shape, affine = FIXED_GRID
+    flat = write(tmp_path / "flat.nii.gz", np.full(shape, 7.0, np.float32), affine)
+    listed = pairs_file(tmp_path / "pairs.csv", [
+        {"name": "bad", "fixed": str(flat), "moving": str(nifti_pair["moving"])},
+        {"name": "good", "fixed": str(nifti_pair["fixed"]), "moving": str(nifti_pair["moving"])}])
+    out = tmp_path / "out"
+    assert main(["--pairs", str(listed), "--out", str(out), "--checkpoint", str(checkpoint), "--device", "cpu"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("registering")]
+    assert len(err) == 1 and "1 of 2 pairs" in err[0] and "first bad" in err[0] and "constant" in err[0]
+    rows = {r["name"]: r for r in summary(out)}
+    assert rows["bad"]["status"] == "failed" and "constant" in rows["bad"]["error"]
+    assert rows["good"]["status"] == "ok" and (out / "good" / "displacement.nii.gz").is_file()
+    assert not (out / "bad").exists()
+
+
+def test_a_bad_pairs_file_stops_before_any_work(nifti_pair, checkpoint, tmp_path, capsys):
+    fixed, moving = str(nifti_pair["fixed"]), str(nifti_pair["moving"])
+    cases = {
+        "no moving column": ([{"fixed": fixed}], "moving missing"),
+        "a missing file": ([{"fixed": fixed, "moving": moving}, {"fixed": fixed, "moving": "gone.nii.gz"}],
+                           "row 2: moving file gone.nii.gz not found"),
+        "a name twice": ([{"name": "a", "fixed": fixed, "moving": moving}] * 2, "row 2: name 'a' is used twice"),
+        "a path as name": ([{"name": "../x", "fixed": fixed, "moving": moving}], "not a folder name"),
+    }
+    for case, (rows, message) in cases.items():
+        listed = pairs_file(tmp_path / f"{case}.csv", rows)
+        out = tmp_path / case
+        assert main(["--pairs", str(listed), "--out", str(out), "--checkpoint", str(checkpoint)]) == 2, case
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (case, err)
+        assert not out.exists(), case
+    with pytest.raises(ValueError, match="cannot read"):
+        read_pairs(tmp_path / "nowhere.csv")
+
+
+@pytest.mark.parametrize("argv", [["--pairs", "p.csv", "--fixed", "f.nii.gz"], ["--fixed", "f.nii.gz"], []])
+def test_one_pair_or_a_pairs_file_not_both(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert stopped.value.code == 2
+    assert "give --fixed and --moving, or --pairs" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from cvae.data.acdc import read_info_cfg
 from cvae.data.labels import GROUPS, LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY
-from cvae.data.synth import main
+from cvae.commands.synth import main
 from cvae.data.synthetic import ed_labels_at, group_of, make_cohort, make_subject
 from cvae.data.synthetic_anatomy import ed_scene
 from cvae.data.synthetic_motion import es_to_ed
@@ -270,3 +270,22 @@ def test_cli_refuses_an_out_it_cannot_write_before_making_a_subject(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot write in {tmp_path} (Permission denied)" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # nothing made
+
+
+def test_one_split_alone_is_that_split_of_the_whole_cohort(cohort, tmp_path, capsys):
+    """`cvae synth --splits testing` (what `make app` writes first): the same files as in the whole cohort, under
+    the same names, and no training subject; then `--splits training` completes it."""
+    out = tmp_path / "cohort"
+    argv = ["--out", str(out), "--n-train", str(N_TRAIN), "--n-test", str(N_TEST), "--seed", str(SEED),
+            "--no-progress"]
+    assert main([*argv, "--splits", "testing"]) == 0
+    assert "wrote 2 testing subjects" in capsys.readouterr().out
+    assert not (out / "training").exists()
+    assert main([*argv, "--splits", "training", "--workers", "1"]) == 0
+    for split in ("training", "testing"):
+        ours = sorted(p.relative_to(out) for p in (out / split).rglob("*") if p.is_file())
+        theirs = sorted(p.relative_to(cohort) for p in (cohort / split).rglob("*") if p.is_file())
+        assert ours == theirs and ours
+        assert all((out / p).read_bytes() == (cohort / p).read_bytes() for p in ours), split
+    with pytest.raises(ValueError, match="splits must be some of training, testing"):
+        make_cohort(tmp_path / "none", n_train=1, n_test=1, splits=())

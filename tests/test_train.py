@@ -20,7 +20,8 @@ from cvae.data.labels import STRUCTURES
 from cvae.model import CVAERegistration, ModelConfig
 from cvae.training.config import TrainConfig
 from cvae.training.loop import check_run_folder, held_out_split, holds_run, validate
-from cvae.training.train import main, train
+from cvae.commands.train import main
+from cvae.training.train import train
 
 from conftest import TINY_MODEL, TINY_SPACING, dice_by_hand, folding_by_hand, nearest_warp
 
@@ -175,7 +176,7 @@ def test_torchrun_two_processes_keep_identical_weights(tiny_cohort, tiny_cache, 
                    for a in ("--" + k.replace("_", "-"), *(v if isinstance(v, tuple) else (v,)))]  # no booleans
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "cvae.training.train", "--data", str(tiny_cohort), "--out", str(out), "--steps", "3", *model_flags,
+           "-m", "cvae.commands.train", "--data", str(tiny_cohort), "--out", str(out), "--steps", "3", *model_flags,
            "--lam", "5000", "--spacing", *map(str, TINY_SPACING), "--val-subjects", "2",
            "--threads", "1", "--cache-dir", str(tiny_cache), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -367,6 +368,7 @@ def test_resume_without_a_loadable_checkpoint_is_one_line_and_changes_nothing(ca
     (["--kernel-lcc", "4"], "--kernel-lcc an odd number >= 1, got 2.0 and 4"),
     (["--sigma-smooth", "0"], "--sigma-smooth must be > 0"),
     (["--spacing", "1", "0", "1"], "--spacing must be three voxel sizes > 0 mm, got 1.0 0.0 1.0"),
+    (["--domain", "wild"], "--domain must be one of off, geometry, full, got 'wild'"),
 ])
 def test_bad_settings_are_one_line_before_anything_is_loaded(flags, option, tmp_path, capsys):
     out = tmp_path / "run"

@@ -13,7 +13,7 @@ import os
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,20 +22,24 @@ import nibabel as nib
 import numpy as np
 
 from cvae.data.labels import GROUPS
+from cvae.data.limits import ENV_MAX_VOXELS, MAX_VOXELS
 
 SPLITS: tuple[str, ...] = ("training", "testing")
 LABEL_VALUES: tuple[int, ...] = (0, 1, 2, 3)
 _NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
-#: The largest volume :func:`load_nifti` reads by default, in voxels: 2**24 (16.8 M, e.g. 256 x 256 x 256; an ACDC
-#: frame has about 0.6 M). A larger one is refused from its header, before any data is read, so that no input can
-#: exhaust the memory (``cvae register`` needs roughly 160 bytes per voxel of the fixed image). ``$CVAE_MAX_VOXELS``
-#: or a command's ``--max-voxels`` raise or lower it.
-MAX_VOXELS = 2 ** 24
-ENV_MAX_VOXELS = "CVAE_MAX_VOXELS"
 
 
 class ACDCError(ValueError):
     """A file of an ACDC-style tree (or a NIfTI given by the user) is missing, unreadable or inconsistent."""
+
+
+def check_splits(splits: Sequence[str]) -> tuple[str, ...]:
+    """``splits`` as a tuple in the layout's order, each one of :data:`SPLITS`; one-line ``ValueError`` otherwise."""
+    chosen = tuple(splits)
+    unknown = [s for s in chosen if s not in SPLITS]
+    if unknown or not chosen:
+        raise ValueError(f"splits must be some of {', '.join(SPLITS)}, got {', '.join(map(str, chosen)) or 'none'}")
+    return tuple(s for s in SPLITS if s in chosen)
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,14 @@ class PairDataset(Dataset):
         """The ``PreprocessedPair`` of item ``index`` (with affines, to map results back to the original grid)."""
         return self._pair_of(self.infos[index])
 
+    def is_cached(self, info: SubjectInfo) -> bool:
+        """Whether the cache holds a pair of ``info`` made from its current files (reads only the stamp)."""
+        try:
+            with np.load(self.cache_path(info), allow_pickle=False) as data:
+                return bool(np.array_equal(data["stamp"], _source_stamp(info)))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return False
+
     def _cache(self, info: SubjectInfo) -> str | None:
         """Preprocess and cache ``info`` (if not cached yet); the reason it is unusable, or ``None``."""
         try:
@@ -154,30 +162,34 @@ class PairDataset(Dataset):
         except ValueError as exc:  # ACDCError is a ValueError
             return str(exc)
 
-    def prepare(self, progress: bool | ProgressCallback = False, workers: int = 1) -> int:
-        """Preprocess and cache every subject now, in ``workers`` processes; drop bad ones with a warning. Returns
-        the number kept (the order of the items stays that of the subject ids).
+    def prepare(self, progress: bool | ProgressCallback = False, workers: int = 1, per_process: int = 8) -> int:
+        """Preprocess and cache every subject now, in up to ``workers`` processes; drop bad ones with a warning.
+        Returns the number kept (the order of the items stays that of the subject ids). Subjects already cached are
+        not read again. A process is started for every ``per_process`` subjects left to preprocess (a new process
+        imports the library first, a few seconds), at most ``workers``; with fewer than two, this process does it.
 
         ``progress``: ``True`` for a tqdm bar, or a ``progress(done, total, subject_id)`` callback.
         """
+        todo = [info for info in self.infos if not self.is_cached(info)]
+        errors: dict[str, str | None] = dict.fromkeys(self.subjects)
         bar = None
-        if progress is True:
-            bar = tqdm(total=len(self.infos), desc="preprocessing", unit="subject")
-        errors: dict[str, str | None] = {}
-        if workers > 1 and len(self.infos) > 1:
-            pool = ProcessPoolExecutor(min(workers, len(self.infos)), mp_context=get_context("spawn"))
-            results = pool.map(self._cache, self.infos)  # in order, as they complete in turn
+        if progress is True and todo:
+            bar = tqdm(total=len(todo), desc="preprocessing", unit="subject")
+        processes = min(workers, len(todo) // max(1, per_process))
+        if processes > 1:
+            pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"))
+            results = pool.map(self._cache, todo)  # in order, as they complete in turn
         else:
-            pool, results = None, map(self._cache, self.infos)
+            pool, results = None, map(self._cache, todo)
         try:
-            for done, (info, error) in enumerate(zip(self.infos, results), start=1):
+            for done, (info, error) in enumerate(zip(todo, results), start=1):
                 errors[info.subject] = error
                 if error is not None:
                     warnings.warn(f"skipping {info.subject}: {error}", stacklevel=2)
                 if bar is not None:
                     bar.update(1)
                 elif callable(progress):
-                    progress(done, len(self.infos), info.subject)
+                    progress(done, len(todo), info.subject)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)

@@ -64,7 +64,7 @@ import gzip
 import io
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +76,7 @@ from cvae.data.foreign_anatomy import Atlas, body_tissue, heart_tissue, tabulate
 from cvae.data.foreign_image import SLAB_OFFSETS, acquire, bias_field, draw_contrast, render
 from cvae.data.foreign_motion import carry_labels, es_points, support
 from cvae.data.foreign_params import Design, draw_design
+from cvae.data.acdc import check_splits
 from cvae.data.labels import GROUPS
 from cvae.io.atomic import atomic_folder, check_writable
 
@@ -280,8 +281,10 @@ def _run(jobs: list[tuple[str, int, int, int, str]], workers: int) -> Iterator[N
 
 
 def make_foreign_cohort(out: str | Path, n_train: int = 0, n_test: int = 100, seed: int = 0,
-                        workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write a foreign cohort in the ACDC layout: ``out/training/patient001..`` then ``out/testing/`` numbered on.
+                        workers: int | None = None, progress: Callable[[int, int], None] | None = None,
+                        splits: Sequence[str] = SPLITS) -> Path:
+    """Write a foreign cohort in the ACDC layout: ``out/training/patient001..`` then ``out/testing/`` numbered on
+    (``splits``: only some of them, each exactly as in the whole cohort).
 
     ``workers`` processes (default all CPUs; the files do not depend on it); ``progress(done, total)`` is called
     after each subject. Returns ``out``. Bad arguments raise a one-line ``ValueError`` before any work.
@@ -290,10 +293,11 @@ def make_foreign_cohort(out: str | Path, n_train: int = 0, n_test: int = 100, se
     seed = _check_int("seed", seed, 0)
     workers = (os.cpu_count() or 1) if workers is None else _check_int("workers", workers, 1)
     out = check_writable(out)
+    splits = check_splits(splits)
     jobs = [(split, index, first + index + 1, seed, str(out / split))
             for split, count, first in (("training", n_train, 0), ("testing", n_test, n_train))
-            for index in range(count)]
-    for split in SPLITS:
+            for index in range(count) if split in splits]
+    for split in splits:
         (out / split).mkdir(parents=True, exist_ok=True)
     for done, _ in enumerate(_run(jobs, workers), start=1):
         if progress is not None:

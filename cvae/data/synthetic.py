@@ -77,7 +77,7 @@ import gzip
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +86,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from cvae.data.acdc import check_splits
 from cvae.io.atomic import check_writable
 from cvae.data.labels import GROUPS
 from cvae.data.synthetic_anatomy import NO_TISSUE, body_classes, ed_scene, heart_classes, intensity_table
@@ -370,17 +371,21 @@ def make_cohort(
     cine: bool = False,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    splits: Sequence[str] = SPLITS,
 ) -> Path:
     """Write ``n_train`` training subjects (patient001..) and ``n_test`` testing subjects (numbered on after the
     training ones) to ``out`` in the ACDC layout; returns ``out``. ``workers`` processes (default: all CPUs) share
-    the work; ``progress(done, total)`` is called after each subject. Same arguments give byte-identical files."""
+    the work; ``progress(done, total)`` is called after each subject. Same arguments give byte-identical files.
+    ``splits`` writes only some of them, each exactly as in the whole cohort (e.g. the testing split first, the
+    training split when training needs it)."""
     n_train, n_test = _check_int("n_train", n_train), _check_int("n_test", n_test)
     seed = _check_int("seed", seed)
     workers = (os.cpu_count() or 1) if workers is None else _check_int("workers", workers, minimum=1)
     out = check_writable(out)
-    jobs = [("training", k, k + 1, seed, cine, str(out)) for k in range(n_train)]
-    jobs += [("testing", k, n_train + k + 1, seed, cine, str(out)) for k in range(n_test)]
-    for split in SPLITS:
+    splits = check_splits(splits)
+    jobs = [("training", k, k + 1, seed, cine, str(out)) for k in range(n_train) if "training" in splits]
+    jobs += [("testing", k, n_train + k + 1, seed, cine, str(out)) for k in range(n_test) if "testing" in splits]
+    for split in splits:
         (out / split).mkdir(parents=True, exist_ok=True)
     total = len(jobs)
     if workers == 1 or total <= 1:

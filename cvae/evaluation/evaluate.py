@@ -25,10 +25,8 @@ Outputs in ``--out``:
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import time
+import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -39,7 +37,6 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cvae.cli import run_command
 from cvae.data.acdc import find_subjects
 from cvae.data.dataset import PairDataset
 from cvae.data.grid import DEFAULT_SIZE, DEFAULT_SPACING
@@ -49,12 +46,10 @@ from cvae.evaluation.figures import write_figures
 from cvae.evaluation.metrics import EmptyStructureWarning, case_metrics
 from cvae.fields import image_tensor, jacobian_determinant, warp, warp_labels
 from cvae.io.atomic import check_writable, write_csv, write_text
-from cvae.methods import METHODS, Method, MethodUnavailable, displacement_array, get_method
-from cvae.paths import data_root, results_root
+from cvae.methods import Method, MethodUnavailable, displacement_array, get_method
 
 __all__ = ["CASE_COLUMNS", "MEAN_STRUCTURE", "build_methods", "evaluation_grid", "labelled_subjects",
-           "evaluate_pair", "evaluate_cohort", "summarise", "summary_markdown", "write_results", "run_evaluation",
-           "main"]
+           "evaluate_pair", "evaluate_cohort", "summarise", "summary_markdown", "write_results", "run_evaluation"]
 
 #: Columns of ``cases.csv``, in order.
 CASE_COLUMNS: tuple[str, ...] = ("subject", "group", "method", "structure", "dice", "hd95", "rmse",
@@ -145,6 +140,7 @@ def evaluate_cohort(data: str | Path, methods: Sequence[Method], split: str | No
     size, spacing = evaluation_grid(methods)
     subjects = labelled_subjects(data, split, limit)
     dataset = PairDataset(data, split, size=size, spacing=spacing, cache_dir=cache_dir, subjects=subjects)
+    dataset.prepare(progress=progress, workers=os.cpu_count() or 1)  # up front, in parallel; bad subjects dropped
     rows: list[dict[str, Any]] = []
     bar = tqdm(range(len(dataset)), desc="evaluating", unit="case", disable=not progress)
     for index in bar:
@@ -267,48 +263,3 @@ def run_evaluation(data: str | Path, methods: Sequence[Method], out: str | Path,
     notes = [f"data: {data} ({split or 'all'}), {cases['subject'].nunique()} cases; metrics on the preprocessed grid "
              f"({grid}), identical for every method", *skipped]
     return cases, write_results(cases, out, title, notes)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvae evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=None, help="ACDC-layout cohort (default: $CVAE_DATA or data/synthetic-acdc)")
-    parser.add_argument("--split", default="testing", choices=["training", "testing"],
-                        help="which subjects (default testing)")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated, from {','.join(METHODS)} (default all; unavailable ones are "
-                        "skipped with a note)")
-    parser.add_argument("--out", default=None, help="output folder (default: $CVAE_RESULTS or results/)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N labelled subjects (default all)")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint (name or folder) of cvae and cvae-opt "
-                        "(default synthetic-acdc)")
-    parser.add_argument("--voxelmorph-checkpoint", default=None,
-                        help="VoxelMorph checkpoint (default voxelmorph-synthetic-acdc)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N] (default auto)")
-    parser.add_argument("--cache", default=None, help="preprocessed-volume cache (default $CVAE_CACHE or "
-                        "~/.cache/cvae-reg)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Exit 0 on success, 2 with a one-line message on bad input."""
-    args = _parser().parse_args(argv)
-    data = Path(args.data).expanduser() if args.data else data_root()
-    out = Path(args.out).expanduser() if args.out else results_root()
-    start = time.perf_counter()
-
-    def body() -> str:
-        methods, skipped = build_methods(args.methods.split(","), args.checkpoint, args.voxelmorph_checkpoint,
-                                         args.device)
-        for message in skipped:
-            print(f"cvae evaluate: {message}", file=sys.stderr)
-        cases, paths = run_evaluation(data, methods, out, args.split, args.limit, args.cache, skipped=skipped,
-                                      progress=not args.no_progress)
-        return (f"evaluated {', '.join(m.name for m in methods)} on {cases['subject'].nunique()} cases in "
-                f"{time.perf_counter() - start:.1f} s; wrote {', '.join(sorted(paths))} to {out}")
-
-    return run_command("cvae evaluate", body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

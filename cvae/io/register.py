@@ -1,7 +1,8 @@
 """``cvae register``: register two NIfTI images with a trained CVAE and write the results on the fixed image's grid.
 
     cvae register --fixed ES.nii.gz --moving ED.nii.gz --out DIR [--fixed-seg ES_gt.nii.gz --moving-seg ED_gt.nii.gz]
-                  [--checkpoint synthetic-acdc] [--device auto] [--refine-steps N]
+                  [--checkpoint synthetic-acdc] [--device auto] [--refine-steps N | --optimize]
+    cvae register --pairs pairs.csv --out DIR ...       # many pairs, one model load (cvae.io.pairs)
 
 Both images are preprocessed as the training data (:func:`cvae.data.preprocess.preprocess_image_pair`: joint
 intensity normalisation, resampling to the checkpoint's grid, e.g. 128 x 128 x 32 voxels of 1.5 x 1.5 x 3.15 mm,
@@ -33,11 +34,9 @@ to DIR and moved into DIR only when all are complete.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,20 +44,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from cvae.checkpoint import load_checkpoint
-from cvae.cli import run_command
-from cvae.data.acdc import ENV_MAX_VOXELS, MAX_VOXELS, load_label, load_nifti
+from cvae.data.acdc import load_label, load_nifti
 from cvae.data.preprocess import PreprocessedPair, preprocess_image_pair, resample_to_grid
 from cvae.evaluation.metrics import mean_displacement_mm, mean_scores, negative_jacobian_fraction, structure_scores
 from cvae.fields import image_tensor
 from cvae.io.atomic import atomic_folder, check_writable
 from cvae.io.nifti import save_vector_field, save_volume
-from cvae.latent.refine import DEFAULT_STEPS, register_refined
 from cvae.optimize import OptimizeSettings, register_optimized
 
-__all__ = ["register_files", "crop_coordinates", "field_to_world", "warp_to_grid", "OUTPUT_FILES", "main"]
+__all__ = ["register_files", "crop_coordinates", "field_to_world", "warp_to_grid", "OUTPUT_FILES"]
 
 #: Every file ``register_files`` may write (``warped_seg.nii.gz`` only with a moving segmentation).
 OUTPUT_FILES: tuple[str, ...] = ("warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz",
@@ -151,21 +149,27 @@ def crop_coordinates(crop_affine: np.ndarray, target_affine: np.ndarray, target_
     return _world_points(to_crop, target_shape)
 
 
-def field_to_world(field: np.ndarray, crop_affine: np.ndarray, target_affine: np.ndarray,
+def field_to_world(field: np.ndarray | torch.Tensor, crop_affine: np.ndarray, target_affine: np.ndarray,
                    target_shape: tuple[int, ...], coordinates: np.ndarray | None = None) -> np.ndarray:
-    """A crop-grid field ``(3, Xc, Yc, Zc)`` in crop voxels -> world displacements ``(X, Y, Z, 3)`` in mm (RAS+).
+    """Crop-grid fields ``(..., 3, Xc, Yc, Zc)`` in crop voxels -> world displacements ``(..., X, Y, Z, 3)`` in mm
+    (RAS+), any number of fields at once.
 
-    ``d(x) = R_c u(A_c^-1 x)`` at every target voxel ``x``, ``u`` interpolated trilinearly; outside the crop ``u``
-    falls linearly to 0 over one voxel and is 0 beyond (identity). ``coordinates`` may pass
-    :func:`crop_coordinates` of the same grids, computed once for several fields.
+    ``d(x) = R_c u(A_c^-1 x)`` at every target voxel ``x``, ``u`` interpolated trilinearly (``grid_sample`` in
+    float64); outside the crop ``u`` falls linearly to 0 over one voxel and is 0 beyond (identity). ``coordinates``
+    may pass :func:`crop_coordinates` of the same grids.
     """
-    field = np.asarray(field, dtype=np.float64)
-    if field.ndim != 4 or field.shape[0] != 3:
-        raise ValueError(f"field must be (3, X, Y, Z) in voxels, got shape {field.shape}")
+    u = torch.as_tensor(np.asarray(field) if not isinstance(field, torch.Tensor) else field).double()
+    if u.ndim < 4 or u.shape[-4] != 3:
+        raise ValueError(f"field must be (..., 3, X, Y, Z) in voxels, got shape {tuple(u.shape)}")
+    lead, size = u.shape[:-4], u.shape[-3:]
     q = crop_coordinates(crop_affine, target_affine, target_shape) if coordinates is None else coordinates
-    u = np.stack([ndimage.map_coordinates(c, q, order=1, mode="grid-constant", cval=0.0) for c in field])
-    d = np.asarray(crop_affine, dtype=np.float64)[:3, :3] @ u
-    return d.T.reshape(*(int(n) for n in target_shape), 3)
+    scale = (np.asarray(size, dtype=np.float64) - 1) / 2  # voxel -> grid_sample's [-1, 1] (align_corners=True)
+    grid = torch.from_numpy((q / scale[:, None] - 1).T[:, ::-1].copy())  # (N, 3), last axis first
+    sampled = F.grid_sample(u.reshape(1, -1, *size), grid.view(1, 1, 1, -1, 3), mode="bilinear",
+                            padding_mode="zeros", align_corners=True)  # (1, K * 3, 1, 1, N)
+    d = torch.einsum("ij,kjn->kni", torch.from_numpy(np.asarray(crop_affine, dtype=np.float64)[:3, :3]),
+                     sampled.view(-1, 3, grid.shape[0]))
+    return d.reshape(*lead, *(int(n) for n in target_shape), 3).numpy()
 
 
 def warp_to_grid(volume: np.ndarray, volume_affine: np.ndarray, target_affine: np.ndarray,
@@ -231,8 +235,11 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
                    checkpoint: str | os.PathLike = "synthetic-acdc", fixed_seg: str | os.PathLike | None = None,
                    moving_seg: str | os.PathLike | None = None, device: str | torch.device = "auto",
                    refine_steps: int = 0, max_voxels: int | None = None, overwrite: bool = False,
-                   optimize_steps: int = 0) -> dict[str, Any]:
+                   optimize_steps: int = 0, loaded: tuple[torch.nn.Module, dict] | None = None) -> dict[str, Any]:
     """Register the NIfTI ``moving`` to ``fixed`` and write the outputs of the module docstring into ``out``.
+
+    ``loaded``: the checkpoint already loaded (:func:`cvae.checkpoint.load_checkpoint`'s model and config), so that
+    many pairs share one load (:func:`cvae.io.pairs.register_pairs`); ``checkpoint`` then only names it.
 
     ``refine_steps > 0`` refines the pair's code by that many gradient steps before decoding
     (:func:`cvae.latent.refine.register_refined`); ``optimize_steps > 0`` optimises the velocity itself on the pair,
@@ -257,7 +264,7 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
     out = check_writable(out)
     earlier = _earlier_outputs(out, overwrite)
     inputs = _load_inputs(fixed, moving, fixed_seg, moving_seg, max_voxels)
-    model, config = load_checkpoint(checkpoint, device)
+    model, config = loaded or load_checkpoint(checkpoint, device)
     size = tuple(int(n) for n in model.config.image_size)
     spacing = tuple(float(s) for s in config["spacing"])
     pair = _preprocess(inputs, size, spacing)
@@ -266,6 +273,7 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
     fixed_t, moving_t = image_tensor(pair.fixed, model.device), image_tensor(pair.moving, model.device)
     refinement = None
     if refine_steps:
+        from cvae.latent.refine import register_refined  # its latent tools load pandas: only when asked
         result, refinement = register_refined(model, fixed_t, moving_t, refine_steps)
         result = result.to("cpu")
     elif optimize_steps:
@@ -277,17 +285,13 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
     registered = time.perf_counter()
 
     shape, affine = inputs.fixed.shape, inputs.fixed_affine
-    coordinates = crop_coordinates(pair.affine, affine, shape)
-
-    def world(field: torch.Tensor) -> np.ndarray:
-        return field_to_world(field[0].numpy(), pair.affine, affine, shape, coordinates)
-
-    displacement = world(result.displacement)
+    displacement, inverse, velocity = field_to_world(
+        torch.cat([result.displacement, result.inverse_displacement, result.velocity]), pair.affine, affine, shape)
     volumes = {"warped.nii.gz": warp_to_grid(inputs.moving, inputs.moving_affine, affine, shape, displacement, 1),
                "jacobian.nii.gz": resample_to_grid(result.jacobian[0].numpy(), pair.affine, affine, shape, order=1,
                                                    cval=1.0)}
-    fields = {"displacement.nii.gz": displacement, "inverse_displacement.nii.gz": world(result.inverse_displacement),
-              "velocity.nii.gz": world(result.velocity)}
+    fields = {"displacement.nii.gz": displacement, "inverse_displacement.nii.gz": inverse,
+              "velocity.nii.gz": velocity}
     metrics: dict[str, Any] = {
         "fixed": str(fixed), "moving": str(moving), "checkpoint": str(checkpoint), "device": str(model.device),
         "model_grid": {"size": list(size), "spacing_mm": list(spacing)},
@@ -321,59 +325,3 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
     metrics = _finite_or_none(metrics)
     metrics["outputs"] = {name: str(out / name) for name in metrics["files"]}
     return metrics
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvae register", description=__doc__.split("\n")[0])
-    parser.add_argument("--fixed", required=True, help="fixed image (NIfTI, 3-D), e.g. the ES frame")
-    parser.add_argument("--moving", required=True, help="moving image (NIfTI, 3-D), e.g. the ED frame")
-    parser.add_argument("--out", required=True, help="output folder: new, empty, or one an earlier cvae register "
-                        "wrote (its outputs are replaced)")
-    parser.add_argument("--overwrite", action="store_true", help="write into a folder holding other files, "
-                        "replacing only those named like the outputs")
-    parser.add_argument("--fixed-seg", help="segmentation of the fixed image (ACDC labels 0-3), for Dice/HD95")
-    parser.add_argument("--moving-seg", help="segmentation of the moving image, warped to warped_seg.nii.gz")
-    parser.add_argument("--checkpoint", default="synthetic-acdc", help="checkpoint name or folder (default "
-                        "synthetic-acdc)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N] (default auto)")
-    parser.add_argument("--refine-steps", type=int, default=0, help="refine the pair's code by N gradient steps "
-                        f"before decoding (default 0: one forward pass; {DEFAULT_STEPS} is a good start, about "
-                        "0.5 s each on a CPU)")
-    parser.add_argument("--optimize", action="store_true", help="optimise the velocity on the pair after the "
-                        f"forward pass (test-time optimisation, {OptimizeSettings().coarse_steps} steps at most; "
-                        "seconds on a CPU; the result stays a diffeomorphism)")
-    parser.add_argument("--optimize-steps", type=int, default=None, help="with --optimize, at most this many steps "
-                        f"(default {OptimizeSettings().coarse_steps}; implies --optimize)")
-    parser.add_argument("--max-voxels", type=int, default=None, help="refuse volumes larger than this many voxels, "
-                        f"read from their headers (default ${ENV_MAX_VOXELS} or {MAX_VOXELS:,})")
-    return parser
-
-
-def optimize_steps(optimize: bool, steps: int | None) -> int:
-    """The velocity optimisation steps of the command line: 0 without ``--optimize`` or ``--optimize-steps``."""
-    if steps is not None:
-        return steps
-    return OptimizeSettings().coarse_steps if optimize else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Exit 0 on success, 2 with a one-line message on bad input."""
-    args = _parser().parse_args(argv)
-
-    def body() -> str:
-        metrics = register_files(args.fixed, args.moving, args.out, args.checkpoint, args.fixed_seg,
-                                 args.moving_seg, args.device, args.refine_steps, args.max_voxels, args.overwrite,
-                                 optimize_steps(args.optimize, args.optimize_steps))
-        line = (f"wrote {len(metrics['outputs'])} files to {args.out} in {metrics['seconds']['total']:.1f} s "
-                f"(registration {metrics['seconds']['registration']:.2f} s); "
-                f"folding {100 * metrics['negative_jacobian_fraction']:.3f} %")
-        seg = metrics.get("segmentation")
-        if seg and seg["dice_mean"] is not None:
-            line += f"; mean Dice {seg['dice_mean']:.3f} (unregistered {seg['dice_unregistered_mean']:.3f})"
-        return line
-
-    return run_command("cvae register", body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,6 @@ split and the preprocessing grid, so the app reads it instead of recomputing it.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import warnings
@@ -20,16 +19,15 @@ import pandas as pd
 import torch
 
 from cvae.checkpoint import MODEL_FILE, load_checkpoint, read_config, resolve_checkpoint
-from cvae.cli import run_command
 from cvae.data.dataset import PairDataset
 from cvae.data.grid import DEFAULT_SPACING
 from cvae.evaluation.clinical import MEASURE_UNITS, clinical_measures
-from cvae.io.atomic import check_writable, write_csv
-from cvae.latent.table import check_table, latent_dim_of, mu_columns, sigma_columns
+from cvae.io.atomic import write_csv
+from cvae.latent.table import check_table, mu_columns, sigma_columns
 from cvae.model import CVAERegistration, ModelConfig
 from cvae.paths import cache_root, data_root
 
-__all__ = ["TABLE_VERSION", "encode_cohort", "cached_table_path", "main"]
+__all__ = ["TABLE_VERSION", "encode_cohort", "cached_table_path"]
 
 #: Bump when the columns or the computation of the cohort table change, so that cached tables are rebuilt.
 TABLE_VERSION = "1"
@@ -165,7 +163,7 @@ def encode_cohort(model_or_checkpoint: CVAERegistration | str | os.PathLike,
         model = model_or_checkpoint
     else:
         model = load_checkpoint(model_or_checkpoint, device)[0]
-    dataset.prepare(progress=progress)
+    dataset.prepare(progress=progress, workers=os.cpu_count() or 1)
     was_training = model.training
     model.eval()
     try:
@@ -175,35 +173,3 @@ def encode_cohort(model_or_checkpoint: CVAERegistration | str | os.PathLike,
     if cache:
         write_csv(table, path)
     return table
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``cvae embed``: encode a cohort to a CSV table of latent codes and clinical measures. Exit 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="cvae embed", description="Encode a cohort's (ES, ED) pairs to latent "
-                                     "codes (mu, sigma) with clinical measures from the labels; writes a CSV.")
-    parser.add_argument("--data", default=None, help="ACDC-style cohort folder (default: $CVAE_DATA or "
-                        "data/synthetic-acdc)")
-    parser.add_argument("--checkpoint", default="synthetic-acdc", help="checkpoint name or folder "
-                        "(default synthetic-acdc)")
-    parser.add_argument("--out", required=True, help="output CSV file")
-    parser.add_argument("--split", default="testing", choices=["training", "testing", "all"],
-                        help="which subjects (default testing)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    parser.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default 8)")
-    parser.add_argument("--no-cache", action="store_true", help="recompute even if a cached table exists")
-    args = parser.parse_args(argv)
-    out = Path(args.out).expanduser()
-
-    def body() -> str:
-        check_writable(out, folder=False)
-        table = encode_cohort(args.checkpoint, args.data, None if args.split == "all" else args.split,
-                              device=args.device, batch_size=args.batch_size, cache=not args.no_cache,
-                              progress=True)
-        write_csv(table, out)
-        return f"wrote {len(table)} subjects x {latent_dim_of(table)}-D codes to {out}"
-
-    return run_command("cvae embed", body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

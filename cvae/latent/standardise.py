@@ -16,10 +16,8 @@ codes have mean 0 and variance 1 per dimension, and codes drawn from ``N(0, I)``
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,6 @@ import torch
 from torch import nn
 
 from cvae.checkpoint import load_checkpoint, read_config, resolve_checkpoint, save_checkpoint
-from cvae.cli import run_command
 from cvae.data.dataset import PairDataset
 from cvae.io.atomic import check_writable
 from cvae.latent.codes import as_image
@@ -36,7 +33,7 @@ from cvae.latent.table import latent_dim_of, mu_columns, sigma_columns
 from cvae.losses import kl_divergence
 from cvae.model import CVAERegistration
 
-__all__ = ["kl_optimal_affine", "mean_kl", "standardise_model", "standardise_checkpoint", "main", "SECTION"]
+__all__ = ["kl_optimal_affine", "mean_kl", "standardise_model", "standardise_checkpoint", "SECTION"]
 
 #: The ``config.json`` section of a standardised checkpoint.
 SECTION = "latent_standardisation"
@@ -160,30 +157,3 @@ def standardise_checkpoint(checkpoint: str | os.PathLike, root: str | os.PathLik
                     metrics=config.get("metrics"), sections={SECTION: section})
     return {**section, "velocity_change": float((after - before).abs().max()),
             "velocity_max": float(before.abs().max())}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``cvae standardise``; exit 0 on success, 2 with a one-line message on bad input."""
-    parser = argparse.ArgumentParser(prog="cvae standardise", description="Re-centre and re-scale a checkpoint's "
-                                     "latent space to a cohort's codes (exact: registrations are unchanged; the "
-                                     "KL to N(0, I) drops); writes a new checkpoint folder.")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint name or folder (not yet standardised)")
-    parser.add_argument("--data", required=True, help="ACDC-style cohort folder whose codes to standardise to")
-    parser.add_argument("--split", default="training", choices=["training", "testing", "all"],
-                        help="which subjects (default training)")
-    parser.add_argument("--out", required=True, help="new checkpoint folder (must not exist)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    args = parser.parse_args(argv)
-
-    def body() -> str:
-        done = standardise_checkpoint(args.checkpoint, args.data, args.out,
-                                      None if args.split == "all" else args.split, args.device)
-        return (f"standardised on {done['subjects']} subjects ({done['split']}): mean KL "
-                f"{done['mean_kl_before']:.3f} -> {done['mean_kl_after']:.3f} nats; velocity on one pair changed by "
-                f"at most {done['velocity_change']:.2e} voxels (max |v| {done['velocity_max']:.3f}); wrote {args.out}")
-
-    return run_command("cvae standardise", body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -42,10 +42,11 @@ import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # this package's registry is read by `cvae evaluate --help`, which must not load torch
+    import numpy as np
+    import torch
 
 __all__ = ["Method", "MethodResult", "MethodUnavailable", "METHODS", "DEFAULT_CHECKPOINTS", "get_method",
            "displacement_array"]
@@ -84,6 +85,9 @@ class Method(Protocol):
 
 def displacement_array(result: MethodResult, shape: Sequence[int]) -> np.ndarray:
     """``result.displacement`` as float32 numpy ``(1, 3, X, Y, Z)``, checked against the grid ``shape`` (X, Y, Z)."""
+    import numpy as np
+    import torch
+
     u = result.displacement
     u = u.detach().float().cpu().numpy() if isinstance(u, torch.Tensor) else np.asarray(u, dtype=np.float32)
     expected = (1, 3, *(int(n) for n in shape))

@@ -70,7 +70,8 @@ def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
     out = check_writable(cfg.out)
     log_path = out / "log.jsonl"
     resumed = check_run_folder(out, cfg.resume, FORMAT)
-    split = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir, cfg.val_subjects)
+    split = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir, cfg.val_subjects,
+                           progress=True, workers=os.cpu_count() or 1)
     dataset, train_idx, val_idx = split
 
     torch.manual_seed(cfg.seed)

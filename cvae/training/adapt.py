@@ -18,70 +18,28 @@ adapted on; load it like any checkpoint: ``--checkpoint <out>/best``, ``CVAE_CHE
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cvae.checkpoint import load_checkpoint, read_config, save_checkpoint
-from cvae.cli import run_command
-from cvae.config import add_config_arguments, at_least, config_from_arguments, option
 from cvae.data.dataset import PairDataset
 from cvae.device import resolve_device
 from cvae.evaluation.metrics import negative_jacobian_fraction
 from cvae.io.atomic import check_writable
-from cvae.training.config import RunConfig, SessionConfig
+from cvae.training.config import AdaptConfig
 from cvae.training.loop import HeldOut, Monitor, RunState, check_run_folder, fit, resume_state, rewind_log
 from cvae.training.objective import Objective
 
-__all__ = ["AdaptConfig", "validate_objective", "adapt", "main"]
+__all__ = ["validate_objective", "adapt"]
 
 #: The score :func:`validate_objective` returns and the adaptation maximises.
 SCORE = "val_lcc"
-
-
-@dataclass
-class AdaptConfig(SessionConfig):
-    """An adaptation run: the settings every run shares and its own (see the field help; ``cvae adapt --help``)."""
-
-    checkpoint: str = option("synthetic-acdc", "the trained model to adapt (name or folder)")
-    data: str = option("", "the cohort to adapt to (ACDC layout: Info.cfg with ED and ES, the two frames; "
-                           "segmentations are not needed and never read)")
-    out: str = option("runs/adapted", "run folder: best/ (the adapted checkpoint), last/, log.jsonl")
-    split: str | None = option(None, "training, testing, or None for every subject of the cohort")
-    minutes: float = option(10.0, "stop after this many minutes of steps and validations (preprocessing not "
-                                  "counted); 0 = no limit")
-    patience: int = option(4, "stop after this many validations in a row without a better score; 0 = never")
-    steps: int = option(100000, "at most this many optimiser steps in all, counting those of a resumed run")
-    lr: float = option(1e-4, "Adam learning rate")
-    val_subjects: int = option(4, "the last N subjects are held out for the validation objective")
-    val_every: int = option(25, "steps between validations")
-    save_every: int = option(25, "steps between saves of last/")
-    workers: int = option(0, "processes that preprocess the cohort first; 0 = one per CPU core")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.data:
-            raise ValueError("--data is required: the cohort to adapt to")
-        if self.split not in (None, "training", "testing"):
-            raise ValueError(f"--split must be training or testing (or left out for both), got {self.split!r}")
-        at_least(self, 1, "steps", "val_subjects", "val_every", "save_every")
-        at_least(self, 0, "minutes", "patience", "workers")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
-
-    def run_config(self, spacing: tuple[float, float, float]) -> RunConfig:
-        """The loop's settings: this run's, on the checkpoint's grid ``spacing`` (mm), without ``cvae train``'s
-        step-time limit (:class:`~cvae.training.loop.Monitor` keeps the time)."""
-        shared = {f.name: getattr(self, f.name) for f in fields(SessionConfig)}
-        return RunConfig(**shared, data=self.data, out=self.out, steps=self.steps, lr=self.lr, spacing=spacing,
-                         val_subjects=self.val_subjects, val_every=self.val_every, save_every=self.save_every)
 
 
 @torch.no_grad()
@@ -201,29 +159,3 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> tuple[Path, RunState, dict
         state = fit(Objective(model), model, optimizer, split, cfg.run_config(spacing), state, save, log, device,
                     progress=progress, monitor=monitor)
     return out, state, before
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvae adapt", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_arguments(parser, AdaptConfig)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    values = vars(_parser().parse_args(argv))
-    progress = not values.pop("no_progress")
-
-    def body() -> str:
-        cfg = config_from_arguments(AdaptConfig, values)
-        out, state, before = adapt(cfg, progress)
-        best = read_config(out / "best")["metrics"]
-        return (f"adapted {cfg.checkpoint} in {state.step} steps ({state.elapsed / 60:.1f} min): validation LCC "
-                f"{before[SCORE]:.4f} -> {best[SCORE]:.4f}; checkpoint in {out}/best (use --checkpoint {out}/best)")
-
-    return run_command("cvae adapt", body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,13 +10,17 @@ Every field carries its help line (:func:`cvae.config.option`), from which ``cva
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from cvae.config import at_least, option
 from cvae.data.grid import DEFAULT_SPACING
-from cvae.model import ModelConfig
+from cvae.model_config import ModelConfig
 
-__all__ = ["SessionConfig", "RunConfig", "TrainConfig"]
+__all__ = ["DOMAINS", "SessionConfig", "RunConfig", "TrainConfig", "AdaptConfig"]
+
+#: Levels of ``--domain`` (:mod:`cvae.data.randomise`): off (the paper's setting), geometry only, geometry and
+#: acquisition.
+DOMAINS: tuple[str, ...] = ("off", "geometry", "full")
 
 
 @dataclass
@@ -26,6 +30,9 @@ class SessionConfig:
 
     batch_size: int = option(1, "pairs per step and process")
     augment: bool = option(True, "random shift, rotation, scaling and mirroring of every pair")
+    domain: str = option("off", "domain randomisation (cvae.data.randomise): off; geometry (any in-plane rotation, "
+                                "wider affine ranges, with or without --augment); full (geometry, then a random "
+                                "contrast curve, bias field, slice thickness, blur and noise)")
     seed: int = option(0, "seed of the sample order, augmentation and noise (and of a new model's initialisation)")
     device: str = option("auto", "auto (CUDA when present), cpu or cuda[:N]")
     threads: int = option(0, "torch intra-op threads per process; 0 = torch's default")
@@ -36,6 +43,8 @@ class SessionConfig:
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size")
         at_least(self, 0, "threads")
+        if self.domain not in DOMAINS:
+            raise ValueError(f"--domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
 
 
 @dataclass
@@ -79,3 +88,41 @@ class TrainConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         at_least(self, 0, "weight_decay", "kl_delay", "kl_warmup", "code_warmup", "code_warmup_weight", "seg_weight")
+
+
+@dataclass
+class AdaptConfig(SessionConfig):
+    """An adaptation run: the settings every run shares and its own (see the field help; ``cvae adapt --help``)."""
+
+    checkpoint: str = option("synthetic-acdc", "the trained model to adapt (name or folder)")
+    data: str = option("", "the cohort to adapt to (ACDC layout: Info.cfg with ED and ES, the two frames; "
+                           "segmentations are not needed and never read)")
+    out: str = option("runs/adapted", "run folder: best/ (the adapted checkpoint), last/, log.jsonl")
+    split: str | None = option(None, "training, testing, or None for every subject of the cohort")
+    minutes: float = option(10.0, "stop after this many minutes of steps and validations (preprocessing not "
+                                  "counted); 0 = no limit")
+    patience: int = option(4, "stop after this many validations in a row without a better score; 0 = never")
+    steps: int = option(100000, "at most this many optimiser steps in all, counting those of a resumed run")
+    lr: float = option(1e-4, "Adam learning rate")
+    val_subjects: int = option(4, "the last N subjects are held out for the validation objective")
+    val_every: int = option(25, "steps between validations")
+    save_every: int = option(25, "steps between saves of last/")
+    workers: int = option(0, "processes that preprocess the cohort first; 0 = one per CPU core")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.data:
+            raise ValueError("--data is required: the cohort to adapt to")
+        if self.split not in (None, "training", "testing"):
+            raise ValueError(f"--split must be training or testing (or left out for both), got {self.split!r}")
+        at_least(self, 1, "steps", "val_subjects", "val_every", "save_every")
+        at_least(self, 0, "minutes", "patience", "workers")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+
+    def run_config(self, spacing: tuple[float, float, float]) -> RunConfig:
+        """The loop's settings: this run's, on the checkpoint's grid ``spacing`` (mm), without ``cvae train``'s
+        step-time limit (:class:`~cvae.training.loop.Monitor` keeps the time)."""
+        shared = {f.name: getattr(self, f.name) for f in fields(SessionConfig)}
+        return RunConfig(**shared, data=self.data, out=self.out, steps=self.steps, lr=self.lr, spacing=spacing,
+                         val_subjects=self.val_subjects, val_every=self.val_every, save_every=self.save_every)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from cvae.checkpoint import FORMAT, load_training_state, load_weights, training_step
 from cvae.cli import Interrupted
 from cvae.data.augment import AugmentParams, augment_batch
+from cvae.data.randomise import WIDE_AFFINE, AcquisitionParams, randomise_acquisition
 from cvae.data.dataset import PairDataset
 from cvae.evaluation.metrics import mean_dice, negative_jacobian_fraction
 from cvae.fields import image_tensor, warp_labels
@@ -46,6 +47,7 @@ class LoopSettings(Protocol):
     batch_size: int
     seed: int
     augment: bool
+    domain: str
     spacing: tuple[float, float, float]
     val_every: int
     save_every: int
@@ -185,7 +187,8 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
     sampler = DistributedSampler(train_idx, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
     per_epoch = len(sampler) // cfg.batch_size
-    augment = AugmentParams() if cfg.augment else None
+    augment = WIDE_AFFINE if cfg.domain != "off" else AugmentParams() if cfg.augment else None
+    acquisition = AcquisitionParams() if cfg.domain == "full" else None
     timed = monitor.time_limit_s > 0
     if (monitor.patience or timed) and world > 1:
         raise ValueError("the monitor's early stopping and time limit need a single process")
@@ -220,9 +223,11 @@ def fit(net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Opt
             order = list(sampler)[position * cfg.batch_size:(position + 1) * cfg.batch_size]
             batch = collate([dataset[train_idx[i]] for i in order])
             torch.manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
+            gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step) * world + rank)
             if augment is not None:
-                gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step) * world + rank)
                 batch = augment_batch(batch, augment, gen, cfg.spacing)
+            if acquisition is not None:
+                batch = randomise_acquisition(batch, acquisition, gen)
             extra = schedule(step) if schedule is not None else {}
             inputs = {k: batch[k].to(device) for k in ("moving_label", "fixed_label")} if labels else {}
             terms = net(batch["fixed"].to(device), batch["moving"].to(device), **inputs, **extra)
@@ -277,10 +282,13 @@ class HeldOut(NamedTuple):
 
 
 def held_out_split(data: str | os.PathLike, size: tuple[int, int, int], spacing: tuple[float, float, float],
-                   cache_dir: str | os.PathLike | None, val_subjects: int) -> HeldOut:
+                   cache_dir: str | os.PathLike | None, val_subjects: int, progress: bool = False,
+                   workers: int = 1) -> HeldOut:
     """The training split of the cohort ``data`` preprocessed to ``size`` voxels of ``spacing`` mm, with its last
-    ``val_subjects`` subjects (at least one subject is left to train on) held out for validation."""
+    ``val_subjects`` subjects (at least one subject is left to train on) held out for validation. Every subject is
+    preprocessed (and cached) first, in ``workers`` processes with a progress bar, so that no step waits for it."""
     dataset = PairDataset(data, "training", size, spacing, cache_dir)
+    dataset.prepare(progress=progress, workers=workers)
     n_val = min(val_subjects, len(dataset) - 1)
     return HeldOut(dataset, list(range(len(dataset) - n_val)), list(range(len(dataset) - n_val, len(dataset))))
 

@@ -1,7 +1,5 @@
-"""``cvae train``: train the CVAE, single process or ``torchrun`` + DistributedDataParallel.
-
-    cvae train --data data/synthetic-acdc --out runs/cvae --steps 20000
-    torchrun --nproc_per_node=2 -m cvae.training.train --data ... --out ...   # DDP (gloo on CPU, nccl on CUDA)
+"""Training the CVAE, single process or under ``torchrun`` + DistributedDataParallel: :func:`train` (the command
+line, ``cvae train`` and ``torchrun -m cvae.commands.train``, is :mod:`cvae.commands.train`).
 
 The run's settings are a :class:`~cvae.training.config.TrainConfig` (``cvae train --help`` lists every option with
 its unit and default); the loop, its checkpoints (``<out>/last``, ``<out>/best``), its log (``<out>/log.jsonl``) and
@@ -10,7 +8,6 @@ its unit and default); the loop, its checkpoints (``<out>/last``, ``<out>/best``
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import json
@@ -28,19 +25,16 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from cvae.checkpoint import load_weights, read_config, save_checkpoint
-from cvae.cli import run_command
-from cvae.config import add_config_arguments, config_from_arguments
 from cvae.device import resolve_device
 from cvae.model import CVAERegistration
 from cvae.paths import data_root
 from cvae.training.config import TrainConfig
 from cvae.io.atomic import check_writable
-from cvae.training.loop import (RunState, check_run_folder, fit, held_out_split, resume_state, rewind_log,
-                                run_summary)
+from cvae.training.loop import (RunState, check_run_folder, fit, held_out_split, resume_state, rewind_log)
 from cvae.training.objective import Objective, loss_schedule
 from cvae.training.warmup import SummaryPCA
 
-__all__ = ["train", "model_changes", "init_weights", "main"]
+__all__ = ["train", "model_changes", "init_weights"]
 
 
 def _param_checksum(model: torch.nn.Module) -> float:
@@ -84,7 +78,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     log_path = out / "log.jsonl"
     resumed = check_run_folder(out, cfg.resume, rank=rank, world=world)
 
-    split = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir, cfg.val_subjects)
+    if world > 1 and rank > 0:
+        dist.barrier()  # rank 0 preprocesses the cohort first, on every core; the others then read its cache
+    split = held_out_split(cfg.data, cfg.model.image_size, cfg.spacing, cfg.cache_dir, cfg.val_subjects,
+                           progress=progress and rank == 0, workers=os.cpu_count() or 1)
+    if world > 1 and rank == 0:
+        dist.barrier()
     dataset, train_idx, _ = split
     if len(train_idx) < world * cfg.batch_size:
         raise ValueError(f"{len(train_idx)} training subjects are too few for {world} x batch {cfg.batch_size}")
@@ -146,17 +145,5 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     return out
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvae train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_arguments(parser, TrainConfig)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    values = vars(_parser().parse_args(argv))
-    return run_command("cvae train", lambda: run_summary(train(config_from_arguments(TrainConfig, values))))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the command moved; say where rather than do nothing
+    sys.exit("python -m cvae.training.train: the command is `cvae train` (under torchrun: -m cvae.commands.train)")
