@@ -26,7 +26,7 @@ from cvae.evaluation.evaluate import (
     summary_markdown,
 )
 from cvae.commands.evaluate import main
-from cvae.evaluation.figures import box_plot
+from cvae.evaluation.figures import box_plot, box_plot_png
 from cvae.evaluation.reference import COHORTS, cohort_comparison, reference_cases
 from cvae.evaluation.metrics import dice, hd95
 from cvae.methods import MethodResult
@@ -109,6 +109,8 @@ def test_summary_files(run):
     assert "## Dice (%)" in text and "| demons |" in text and MEAN_STRUCTURE in text
     assert "metrics on the preprocessed grid (32x32x16 voxels of 6 x 6 x 6.3 mm)" in text
     assert (out / "dice_boxplot.html").stat().st_size > 1000 and (out / "hd95_boxplot.html").is_file()
+    assert (out / "dice_boxplot.png").stat().st_size > 1000 and (out / "hd95_boxplot.png").is_file()
+    assert "PNG" not in text  # no "skipped" note: PNGs come from the installed stack
 
 
 def test_box_plot_has_one_box_trace_per_method():
@@ -119,6 +121,29 @@ def test_box_plot_has_one_box_trace_per_method():
     assert list(figure.data[1].y) == [0.9] * len(STRUCTURES)
     with pytest.raises(ValueError, match="metric"):
         box_plot(cases, "rmse")
+
+
+def test_png_box_plot_draws_each_method_at_its_values(tmp_path):
+    """The PNG (matplotlib, no browser): method "high" (first colour) is drawn above method "low" (second colour)."""
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    cases = pd.DataFrame([{"method": m, "structure": s, "dice": d + 0.01 * k, "hd95": 3.0}
+                          for m, d in (("high", 0.9), ("low", 0.2)) for s in STRUCTURES for k in range(5)])
+    path = box_plot_png(cases, "dice", tmp_path / "dice.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = mpimg.imread(path)[..., :3]
+    assert image.shape == (550, 1000, 3)
+    rows = {}
+    for method, colour in zip(("high", "low"), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        rgb = np.array(to_rgb(colour))
+        hits = np.argwhere(np.abs(image - rgb).max(axis=-1) < 0.05)  # the points and medians, drawn opaque
+        assert len(hits) > 50, method
+        rows[method] = np.median(hits[:, 0])
+    assert rows["high"] < rows["low"] - 200  # image rows grow downwards: higher Dice, higher up
+    with pytest.raises(ValueError, match="metric"):
+        box_plot_png(cases, "rmse", tmp_path / "x.png")
 
 
 def test_summary_handles_single_cases_and_empty_structures():

@@ -154,21 +154,21 @@ def field_to_world(field: np.ndarray | torch.Tensor, crop_affine: np.ndarray, ta
     """Crop-grid fields ``(..., 3, Xc, Yc, Zc)`` in crop voxels -> world displacements ``(..., X, Y, Z, 3)`` in mm
     (RAS+), any number of fields at once.
 
-    ``d(x) = R_c u(A_c^-1 x)`` at every target voxel ``x``, ``u`` interpolated trilinearly (``grid_sample`` in
-    float64); outside the crop ``u`` falls linearly to 0 over one voxel and is 0 beyond (identity). ``coordinates``
+    ``d(x) = R_c u(A_c^-1 x)`` at every target voxel ``x``, ``u`` interpolated trilinearly (``grid_sample``,
+    float32, as the NIfTI files store it); outside the crop ``u`` falls linearly to 0 over one voxel and is 0 beyond (identity). ``coordinates``
     may pass :func:`crop_coordinates` of the same grids.
     """
-    u = torch.as_tensor(np.asarray(field) if not isinstance(field, torch.Tensor) else field).double()
+    u = torch.as_tensor(np.asarray(field) if not isinstance(field, torch.Tensor) else field).float()
     if u.ndim < 4 or u.shape[-4] != 3:
         raise ValueError(f"field must be (..., 3, X, Y, Z) in voxels, got shape {tuple(u.shape)}")
     lead, size = u.shape[:-4], u.shape[-3:]
     q = crop_coordinates(crop_affine, target_affine, target_shape) if coordinates is None else coordinates
     scale = (np.asarray(size, dtype=np.float64) - 1) / 2  # voxel -> grid_sample's [-1, 1] (align_corners=True)
-    grid = torch.from_numpy((q / scale[:, None] - 1).T[:, ::-1].copy())  # (N, 3), last axis first
+    grid = torch.from_numpy((q / scale[:, None] - 1).T[:, ::-1].astype(np.float32))  # (N, 3), last axis first
     sampled = F.grid_sample(u.reshape(1, -1, *size), grid.view(1, 1, 1, -1, 3), mode="bilinear",
-                            padding_mode="zeros", align_corners=True)  # (1, K * 3, 1, 1, N)
-    d = torch.einsum("ij,kjn->kni", torch.from_numpy(np.asarray(crop_affine, dtype=np.float64)[:3, :3]),
-                     sampled.view(-1, 3, grid.shape[0]))
+                            padding_mode="zeros", align_corners=True).view(-1, 3, grid.shape[0])  # (K, 3, N)
+    rotation = torch.from_numpy(np.asarray(crop_affine, dtype=np.float32)[:3, :3])
+    d = torch.matmul(rotation, sampled).transpose(1, 2)  # (K, N, 3) mm
     return d.reshape(*lead, *(int(n) for n in target_shape), 3).numpy()
 
 
