@@ -147,6 +147,26 @@ def write_patient(
     return directory
 
 
+def as_cine_only(directory: Path, frames: int = 12) -> np.ndarray:
+    """Turn a patient folder of :func:`write_patient` into what a user with only cine files has: the two frames
+    become frames ED and ES of ``patientNNN_4d.nii.gz`` (``frames`` in all, the others blends of the two), the frame
+    files go, and ``Info.cfg`` keeps ED, ES and NbFrame but no ``Group``. Returns the cine ``(X, Y, Z, T)``."""
+    subject = directory.name
+    info = {k.strip(): v.strip() for k, v in (line.split(":") for line in (directory / "Info.cfg").read_text()
+                                              .splitlines() if line.strip())}
+    ed, es = int(info["ED"]), int(info["ES"])
+    ed_path, es_path = (directory / f"{subject}_frame{f:02d}.nii.gz" for f in (ed, es))
+    ed_image, es_image = (np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for p in (ed_path, es_path))
+    weights = np.clip(np.abs(np.arange(1, frames + 1) - ed) / max(1, abs(es - ed)), 0, 1)
+    cine = np.stack([(1 - w) * ed_image + w * es_image for w in weights], axis=-1).astype(np.float32)
+    cine[..., ed - 1], cine[..., es - 1] = ed_image, es_image
+    save_nifti(directory / f"{subject}_4d.nii.gz", cine)
+    for path in directory.glob(f"{subject}_frame*.nii.gz"):
+        path.unlink()
+    (directory / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nNbFrame: {frames}\n")
+    return cine
+
+
 def malformed_nifti(kind: str) -> bytes:
     """The bytes of a small float32 ``.nii`` with a broken header: ``"datatype"`` has the unknown datatype code 999
     (the int16 at byte 70); ``"huge"`` announces 30000 x 30000 x 1000 voxels (dim, at byte 40) over the 8 bytes of

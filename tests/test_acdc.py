@@ -27,6 +27,7 @@ from conftest import (
     acdc_affine,
     heart_label,
     malformed_nifti,
+    as_cine_only,
     one_line_error,
     save_nifti,
     truncate_es_frame,
@@ -116,6 +117,23 @@ def test_read_info_cfg_errors_name_the_file(tmp_path: Path, text: str, message: 
     with pytest.raises(ACDCError, match=message) as err:
         read_info_cfg(cfg)
     assert str(cfg) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_frames_come_from_the_cine_when_the_frame_files_are_absent(tmp_path: Path) -> None:
+    """A user's folder with only ``patientNNN_4d.nii.gz`` and an Info.cfg without Group: ED and ES are read from the
+    cine (only those frames), the group is unknown; a frame the cine does not have is a one-line error."""
+    folder = write_patient(tmp_path / "mine" / "training", 7, ed=2, es=6, labels=False)
+    with_files = load_subject(find_subjects(tmp_path / "mine")[0])
+    cine = as_cine_only(folder, frames=9)
+    info = find_subjects(tmp_path / "mine")[0]
+    assert info.frames_from_cine and info.ed_image == info.es_image == folder / "patient007_4d.nii.gz"
+    assert info.group == "" and info.group_index == -1 and info.ed_label is None
+    subject = load_subject(info)
+    assert np.array_equal(subject.ed_image, cine[..., 1]) and np.array_equal(subject.es_image, cine[..., 5])
+    assert np.array_equal(subject.ed_image, with_files.ed_image) and np.array_equal(subject.affine, with_files.affine)
+    (folder / "Info.cfg").write_text("ED: 2\nES: 10\n")
+    message = one_line_error(ACDCError, lambda: load_subject(find_subjects(tmp_path / "mine")[0]))
+    assert "patient007_4d.nii.gz" in message and "frame 10" in message and "frames 1-9" in message
 
 
 def test_read_info_cfg_types(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING, numpy_lcc, write_patient
+from conftest import TINY_MODEL, TINY_SIZE, TINY_SPACING, as_cine_only, numpy_lcc, write_patient
 from cvae.checkpoint import load_checkpoint, read_config, save_checkpoint
 from cvae.cli import main as cvae_main
 from cvae.data.dataset import PairDataset
@@ -22,10 +22,12 @@ from cvae.training.config import AdaptConfig
 
 @pytest.fixture
 def cohort(tmp_path: Path) -> Path:
-    """Four subjects with images only: no segmentation at all."""
+    """Four subjects with images only: no segmentation at all; two of them have only a cine file and no group."""
     root = tmp_path / "mine"
     for number in range(1, 5):
-        write_patient(root / "training", number, labels=False, seed=number)
+        folder = write_patient(root / "training", number, labels=False, seed=number, es=5)
+        if number % 2 == 0:
+            as_cine_only(folder)
     return root
 
 
@@ -51,7 +53,7 @@ def test_adapt_runs_on_images_only_and_stops_at_its_time_limit(cohort, base, tmp
     assert cvae_main([*args, "--minutes", "0.05", "--val-every", "2", "--patience", "0"]) == 0
     said = capsys.readouterr().out.strip()
     assert said.startswith("adapted ") and f"{out}/best" in said and "\n" not in said
-    # the whole cohort was preprocessed (4 subjects, in 2 processes) before the first step
+    # the whole cohort (two subjects from their cine files) was preprocessed before the first step
     assert len(list(cache.rglob("*.npz"))) == 4
     # it stopped at the first step or validation that took it past 3 s
     lines = log_lines(out)
@@ -112,7 +114,7 @@ def test_refusals_are_one_line_and_write_nothing(case, message, cohort, base, tm
     args = common(cohort, base, out, tmp_path / "cache")
     if case == "same-frames":
         info = cohort / "training" / "patient002" / "Info.cfg"
-        info.write_text(info.read_text().replace("ES: 9", "ES: 1"))
+        info.write_text(info.read_text().replace("ES: 5", "ES: 1"))  # a cine-only subject
     elif case == "one-subject":
         args[args.index("--data") + 1] = str(write_patient(tmp_path / "single" / "training", 7, labels=False).parent)
     elif case == "no-data":
@@ -154,7 +156,7 @@ def test_the_validation_objective_is_the_lcc_of_the_registered_pairs(cohort, tmp
 def test_preprocessing_in_several_processes_gives_the_same_pairs(cohort, tmp_path):
     one = PairDataset(cohort, "training", TINY_SIZE, TINY_SPACING, tmp_path / "a")
     two = PairDataset(cohort, "training", TINY_SIZE, TINY_SPACING, tmp_path / "b")
-    info = cohort / "training" / "patient003" / "patient003_frame09.nii.gz"
+    info = cohort / "training" / "patient003" / "patient003_frame05.nii.gz"
     info.write_bytes(info.read_bytes()[:200])  # a corrupt file: skipped by both, with a warning
     with pytest.warns(UserWarning, match="patient003"):
         assert one.prepare(workers=1) == 3

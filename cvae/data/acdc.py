@@ -46,8 +46,11 @@ def check_splits(splits: Sequence[str]) -> tuple[str, ...]:
 class SubjectInfo:
     """What ``Info.cfg`` and the folder say about one patient; nothing is loaded yet.
 
-    ``split`` is ``"training"``, ``"testing"`` or ``""`` when the folder is not inside a split folder. Label paths
-    are ``None`` when the ``_gt`` file does not exist. ``height`` is in cm and ``weight`` in kg (``None`` if absent).
+    ``split`` is ``"training"``, ``"testing"`` or ``""`` when the folder is not inside a split folder. ``group`` is
+    ``""`` when ``Info.cfg`` has no ``Group`` line (a user's unlabelled cohort). ``ed_image``/``es_image`` are the
+    frame files, or the cine ``patientNNN_4d`` file when a frame file is absent (:attr:`frames_from_cine`; the frame
+    ``ed_frame``/``es_frame`` of it is then read). Label paths are ``None`` when the ``_gt`` file does not exist.
+    ``height`` is in cm and ``weight`` in kg (``None`` if absent).
     """
 
     subject: str
@@ -66,8 +69,13 @@ class SubjectInfo:
 
     @property
     def group_index(self) -> int:
-        """Integer class index of ``group`` in ``cvae.data.labels.GROUPS``."""
-        return GROUPS.index(self.group)
+        """Integer class index of ``group`` in ``cvae.data.labels.GROUPS``; -1 when the group is unknown."""
+        return GROUPS.index(self.group) if self.group in GROUPS else -1
+
+    @property
+    def frames_from_cine(self) -> bool:
+        """Whether the ED and ES images are read from the cine ``_4d`` file (no frame files in the folder)."""
+        return self.ed_image.name.startswith(f"{self.subject}_4d")
 
 
 @dataclass
@@ -92,8 +100,9 @@ def read_info_cfg(path: str | Path) -> dict[str, object]:
     """Parse an ACDC ``Info.cfg`` (``Key: value`` lines) into a dict.
 
     ``ED``, ``ES`` and ``NbFrame`` become ``int``, ``Height`` and ``Weight`` ``float``, ``Group`` stays a string (one of
-    ``GROUPS``); other keys are kept as stripped strings. Raises ``ACDCError`` naming the file and the line or key at
-    fault for an unreadable file, a line without ``:``, a missing or non-numeric ED/ES/Group or an unknown group.
+    ``GROUPS``; optional: a cohort of one's own may not know it); other keys are kept as stripped strings. Raises
+    ``ACDCError`` naming the file and the line or key at fault for an unreadable file, a line without ``:``, a missing
+    or non-numeric ED/ES, or an unknown group.
     """
     path = Path(path)
     try:
@@ -108,10 +117,10 @@ def read_info_cfg(path: str | Path) -> dict[str, object]:
         if not sep or not key.strip():
             raise ACDCError(f"{path}: line {number} is not 'Key: value': {line.strip()!r}")
         raw[key.strip()] = value.strip()
-    for key in ("ED", "ES", "Group"):
+    for key in ("ED", "ES"):
         if key not in raw:
             raise ACDCError(f"{path}: missing '{key}:' line")
-    if raw["Group"] not in GROUPS:
+    if "Group" in raw and raw["Group"] not in GROUPS:
         raise ACDCError(f"{path}: unknown group {raw['Group']!r} (expected one of {', '.join(GROUPS)})")
     info: dict[str, object] = dict(raw)
     for key in ("ED", "ES", "NbFrame"):
@@ -141,8 +150,10 @@ def _parse_number(path: Path, key: str, value: str, integer: bool) -> int | floa
 def subject_info(directory: str | Path, split: str = "") -> SubjectInfo:
     """Read ``<directory>/Info.cfg`` and name the ED/ES frame files of the patient in ``directory``.
 
-    Frame files may be ``.nii.gz`` or ``.nii``; a missing image keeps its expected ``.nii.gz`` path (the error comes
-    when loading), a missing ``_gt`` label gives ``None``. Raises ``ACDCError`` for a missing or malformed ``Info.cfg``.
+    Frame files may be ``.nii.gz`` or ``.nii``; when one is missing and the folder holds the cine
+    ``patientNNN_4d.nii.gz`` the frame is read from it, else the image keeps its expected ``.nii.gz`` path (the error
+    comes when loading); a missing ``_gt`` label gives ``None``. Raises ``ACDCError`` for a missing or malformed
+    ``Info.cfg``.
     """
     directory = Path(directory)
     cfg = directory / "Info.cfg"
@@ -151,18 +162,21 @@ def subject_info(directory: str | Path, split: str = "") -> SubjectInfo:
     info = read_info_cfg(cfg)
     subject = directory.name
     ed, es = int(info["ED"]), int(info["ES"])  # type: ignore[call-overload]
+    cine = _frame_path(directory, f"{subject}_4d", required=False)
+    images = [_frame_path(directory, f"{subject}_frame{frame:02d}", required=cine is None) or cine
+              for frame in (ed, es)]
     return SubjectInfo(
         subject=subject,
         split=split,
-        group=str(info["Group"]),
+        group=str(info.get("Group", "")),
         ed_frame=ed,
         es_frame=es,
         height=info.get("Height"),  # type: ignore[arg-type]
         weight=info.get("Weight"),  # type: ignore[arg-type]
         nb_frame=info.get("NbFrame"),  # type: ignore[arg-type]
         directory=directory,
-        ed_image=_frame_path(directory, f"{subject}_frame{ed:02d}", required=True),  # type: ignore[arg-type]
-        es_image=_frame_path(directory, f"{subject}_frame{es:02d}", required=True),  # type: ignore[arg-type]
+        ed_image=images[0],  # type: ignore[arg-type]
+        es_image=images[1],  # type: ignore[arg-type]
         ed_label=_frame_path(directory, f"{subject}_frame{ed:02d}_gt", required=False),
         es_label=_frame_path(directory, f"{subject}_frame{es:02d}_gt", required=False),
     )
@@ -260,13 +274,15 @@ def max_voxels() -> int:
     return int(text)
 
 
-def load_nifti(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_nifti(path: str | Path, limit: int | None = None, frame: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Load a 3-D NIfTI as ``(array float32 (X, Y, Z), affine (4, 4), spacing (3,) mm)``.
 
-    A trailing singleton 4th axis is dropped. Raises ``ACDCError`` naming the file for a missing, unreadable,
-    malformed or truncated file, a header announcing more than ``limit`` voxels (default :func:`max_voxels`; checked
-    before any data is read), a volume that is not 3-D (a 4-D cine gets a hint on picking one frame) or non-finite
-    values.
+    A trailing singleton 4th axis is dropped. With ``frame`` (1-based, as ``Info.cfg`` numbers them) the file is a
+    4-D cine and only that frame is read (the limit applies to one frame). Raises ``ACDCError`` naming the file for
+    a missing, unreadable, malformed or truncated file, a header announcing more than ``limit`` voxels (default
+    :func:`max_voxels`; checked before any data is read), a volume that is not 3-D (a 4-D cine gets a hint on
+    picking one frame), a frame the cine does not have, or non-finite values.
     """
     path = Path(path)
     if not path.is_file():
@@ -275,12 +291,18 @@ def load_nifti(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, 
     try:
         with _nibabel_quiet():
             img = nib.load(str(path))
-        voxels = math.prod(int(n) for n in img.shape)
+        if frame is not None:
+            if len(img.shape) != 4 or not 1 <= frame <= img.shape[3]:
+                raise ACDCError(f"{path}: frame {frame} asked of a volume of shape {tuple(img.shape)}: a cine "
+                                f"(X, Y, Z, T) has frames 1-{img.shape[3] if len(img.shape) == 4 else 1}; "
+                                "check ED and ES in Info.cfg")
+        voxels = math.prod(int(n) for n in img.shape[:3 if frame is not None else None])
         if voxels > limit:
             raise ACDCError(f"{path}: the header announces {' x '.join(map(str, img.shape))} = {voxels:,} voxels, "
                             f"above the limit of {limit:,} ({limit * 4 / 2**20:.0f} MB as float32): crop or "
                             f"downsample it, or raise the limit (--max-voxels or ${ENV_MAX_VOXELS})")
-        data = np.asarray(img.get_fdata(dtype=np.float32))
+        data = (np.asarray(img.get_fdata(dtype=np.float32)) if frame is None
+                else np.asarray(img.dataobj[..., frame - 1], dtype=np.float32))
         affine = np.asarray(img.affine, dtype=np.float64)
     except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, gzip.BadGzipFile, zlib.error,
             EOFError, OSError, ValueError, MemoryError) as exc:
@@ -317,13 +339,14 @@ def load_label(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, 
 
 
 def load_subject(info: SubjectInfo) -> Subject:
-    """Load the ED and ES frames (and labels if present) of one patient.
+    """Load the ED and ES frames (and labels if present) of one patient, from the frame files or the cine.
 
     Raises ``ACDCError`` naming the file for anything ``load_nifti``/``load_label`` rejects, and for frames or labels
     whose shape or affine differ from the ED image's.
     """
-    ed_image, affine, spacing = load_nifti(info.ed_image)
-    es_image, es_affine, _ = load_nifti(info.es_image)
+    cine = info.frames_from_cine
+    ed_image, affine, spacing = load_nifti(info.ed_image, frame=info.ed_frame if cine else None)
+    es_image, es_affine, _ = load_nifti(info.es_image, frame=info.es_frame if cine else None)
     _check_same_grid(info.es_image, es_image.shape, es_affine, ed_image.shape, affine, info.ed_image)
     labels = []
     for label_path in (info.ed_label, info.es_label):

@@ -16,7 +16,6 @@ from tqdm import tqdm
 
 from cvae.data.acdc import ACDCError, SubjectInfo, find_subjects, load_subject
 from cvae.data.grid import DEFAULT_SIZE, DEFAULT_SPACING
-from cvae.data.labels import GROUPS
 from cvae.data.preprocess import PREPROCESS_VERSION, PreprocessedPair, preprocess_subject
 from cvae.io.atomic import atomic_write
 from cvae.paths import cache_root
@@ -87,9 +86,10 @@ class PairDataset(Dataset):
     """Preprocessed (fixed = ES, moving = ED) pairs of an ACDC-style tree.
 
     Item ``i`` is a dict: ``"fixed"``/``"moving"`` float32 tensors (1, X, Y, Z) in [0, 1]; ``"fixed_label"``/
-    ``"moving_label"`` int64 (1, X, Y, Z) only when the subject has labels; ``"group"`` int index into ``GROUPS``;
-    ``"subject"`` str. Preprocessing runs once per subject and is cached as ``<cache>/<key>/<subject>.npz`` (``key``
-    from ``cache_key``; ``cache_dir`` defaults to ``cvae.paths.cache_root()``); a corrupt or stale entry is recomputed.
+    ``"moving_label"`` int64 (1, X, Y, Z) only when the subject has labels; ``"group"`` int index into ``GROUPS``
+    (-1: unknown); ``"subject"`` str. Preprocessing runs once per subject and is cached as
+    ``<cache>/<key>/<subject>.npz`` (``key`` from ``cache_key``; ``cache_dir`` defaults to
+    ``cvae.paths.cache_root()``); a corrupt or stale entry is recomputed.
     ``subjects`` optionally restricts the dataset to these ids. Bad subjects are skipped with a warning: when their
     ``Info.cfg`` is read here, when files fail in ``prepare``, or when an item fails to load (that item is then
     served by the next good subject).
@@ -225,6 +225,6 @@ class PairDataset(Dataset):
         for key, label in (("fixed_label", pair.fixed_label), ("moving_label", pair.moving_label)):
             if label is not None:
                 item[key] = torch.from_numpy(label.astype(np.int64))[None]
-        item["group"] = GROUPS.index(info.group)
+        item["group"] = info.group_index
         item["subject"] = info.subject
         return item

@@ -1,4 +1,5 @@
-"""Figures of an evaluation (Plotly; PNG files with matplotlib), built from the ``cases`` table that ``cvae evaluate`` writes (``cases.csv``).
+"""Figures of an evaluation (Plotly; PNG files with matplotlib), built from the ``cases`` table that
+``cvae evaluate`` writes (``cases.csv``).
 
 ``cases`` has one row per subject x method x structure with (at least) the columns ``method``, ``structure``,
 ``dice`` (0-1) and ``hd95`` (mm); see :mod:`cvae.evaluation.evaluate`. The functions only build or save figures, so

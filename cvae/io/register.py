@@ -155,8 +155,8 @@ def field_to_world(field: np.ndarray | torch.Tensor, crop_affine: np.ndarray, ta
     (RAS+), any number of fields at once.
 
     ``d(x) = R_c u(A_c^-1 x)`` at every target voxel ``x``, ``u`` interpolated trilinearly (``grid_sample``,
-    float32, as the NIfTI files store it); outside the crop ``u`` falls linearly to 0 over one voxel and is 0 beyond (identity). ``coordinates``
-    may pass :func:`crop_coordinates` of the same grids.
+    float32, as the NIfTI files store it); outside the crop ``u`` falls linearly to 0 over one voxel and is 0 beyond
+    (identity). ``coordinates`` may pass :func:`crop_coordinates` of the same grids.
     """
     u = torch.as_tensor(np.asarray(field) if not isinstance(field, torch.Tensor) else field).float()
     if u.ndim < 4 or u.shape[-4] != 3:

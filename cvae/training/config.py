@@ -95,8 +95,8 @@ class AdaptConfig(SessionConfig):
     """An adaptation run: the settings every run shares and its own (see the field help; ``cvae adapt --help``)."""
 
     checkpoint: str = option("synthetic-acdc", "the trained model to adapt (name or folder)")
-    data: str = option("", "the cohort to adapt to (ACDC layout: Info.cfg with ED and ES, the two frames; "
-                           "segmentations are not needed and never read)")
+    data: str = option("", "the cohort to adapt to (ACDC layout: Info.cfg with ED and ES, the two frames as files "
+                           "or in the cine _4d file; no Group needed; segmentations are never read)")
     out: str = option("runs/adapted", "run folder: best/ (the adapted checkpoint), last/, log.jsonl")
     split: str | None = option(None, "training, testing, or None for every subject of the cohort")
     minutes: float = option(10.0, "stop after this many minutes of steps and validations (preprocessing not "
