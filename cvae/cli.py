@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "layout"),
     "train": ("cvae.commands.train", "train the CVAE (single process or torchrun)"),
     "adapt": ("cvae.commands.adapt", "fine-tune a trained CVAE on your own cohort, no segmentations needed"),
+    "track": ("cvae.commands.track", "track a cine: the ED frame registered to every frame, labels carried, volume "
+              "curves"),
     "register": ("cvae.commands.register", "register two NIfTI images, write NIfTI outputs and metrics"),
     "evaluate": ("cvae.commands.evaluate", "evaluate registration methods on a cohort (the CVAE and its baselines)"),
     "embed": ("cvae.commands.embed", "encode a cohort to a table of latent codes and clinical measures"),

@@ -274,17 +274,10 @@ def max_voxels() -> int:
     return int(text)
 
 
-def load_nifti(path: str | Path, limit: int | None = None, frame: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Load a 3-D NIfTI as ``(array float32 (X, Y, Z), affine (4, 4), spacing (3,) mm)``.
-
-    A trailing singleton 4th axis is dropped. With ``frame`` (1-based, as ``Info.cfg`` numbers them) the file is a
-    4-D cine and only that frame is read (the limit applies to one frame). Raises ``ACDCError`` naming the file for
-    a missing, unreadable, malformed or truncated file, a header announcing more than ``limit`` voxels (default
-    :func:`max_voxels`; checked before any data is read), a volume that is not 3-D (a 4-D cine gets a hint on
-    picking one frame), a frame the cine does not have, or non-finite values.
-    """
-    path = Path(path)
+def _read_nifti(path: Path, limit: int | None, frame: int | None = None, cine: bool = False
+                ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """The data (float32), affine and header of a NIfTI file: all of it, one ``frame`` of a cine (1-based), or a
+    whole ``cine``; the voxel limit applies to one volume (X, Y, Z) in the last two cases. ``ACDCError`` otherwise."""
     if not path.is_file():
         raise ACDCError(f"{path}: file not found")
     limit = max_voxels() if limit is None else int(limit)
@@ -296,11 +289,15 @@ def load_nifti(path: str | Path, limit: int | None = None, frame: int | None = N
                 raise ACDCError(f"{path}: frame {frame} asked of a volume of shape {tuple(img.shape)}: a cine "
                                 f"(X, Y, Z, T) has frames 1-{img.shape[3] if len(img.shape) == 4 else 1}; "
                                 "check ED and ES in Info.cfg")
-        voxels = math.prod(int(n) for n in img.shape[:3 if frame is not None else None])
+        if cine and (len(img.shape) != 4 or img.shape[3] < 2):
+            raise ACDCError(f"{path}: a cine is 4-D (X, Y, Z, T) with at least 2 frames, got shape "
+                            f"{tuple(img.shape)}")
+        voxels = math.prod(int(n) for n in img.shape[:3 if frame is not None or cine else None])
         if voxels > limit:
-            raise ACDCError(f"{path}: the header announces {' x '.join(map(str, img.shape))} = {voxels:,} voxels, "
-                            f"above the limit of {limit:,} ({limit * 4 / 2**20:.0f} MB as float32): crop or "
-                            f"downsample it, or raise the limit (--max-voxels or ${ENV_MAX_VOXELS})")
+            raise ACDCError(f"{path}: the header announces {' x '.join(map(str, img.shape))} = {voxels:,} voxels"
+                            f"{' per frame' if frame is not None or cine else ''}, above the limit of {limit:,} "
+                            f"({limit * 4 / 2**20:.0f} MB as float32): crop or downsample it, or raise the limit "
+                            f"(--max-voxels or ${ENV_MAX_VOXELS})")
         data = (np.asarray(img.get_fdata(dtype=np.float32)) if frame is None
                 else np.asarray(img.dataobj[..., frame - 1], dtype=np.float32))
         affine = np.asarray(img.affine, dtype=np.float64)
@@ -310,6 +307,25 @@ def load_nifti(path: str | Path, limit: int | None = None, frame: int | None = N
             raise
         problem = f"{type(exc).__name__}: {str(exc).strip() or 'out of memory'}"
         raise ACDCError(f"{path}: unreadable or corrupt NIfTI ({problem}); re-extract or re-download it") from exc
+    if not np.isfinite(data).all():
+        raise ACDCError(f"{path}: contains {int((~np.isfinite(data)).sum())} NaN or infinite values")
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ACDCError(f"{path}: invalid (singular or non-finite) affine in the header")
+    return data, affine, img.header
+
+
+def load_nifti(path: str | Path, limit: int | None = None, frame: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Load a 3-D NIfTI as ``(array float32 (X, Y, Z), affine (4, 4), spacing (3,) mm)``.
+
+    A trailing singleton 4th axis is dropped. With ``frame`` (1-based, as ``Info.cfg`` numbers them) the file is a
+    4-D cine and only that frame is read (the limit applies to one frame). Raises ``ACDCError`` naming the file for
+    a missing, unreadable, malformed or truncated file, a header announcing more than ``limit`` voxels (default
+    :func:`max_voxels`; checked before any data is read), a volume that is not 3-D (a 4-D cine gets a hint on
+    picking one frame), a frame the cine does not have, or non-finite values.
+    """
+    path = Path(path)
+    data, affine, _ = _read_nifti(path, limit, frame)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 4:
@@ -318,12 +334,20 @@ def load_nifti(path: str | Path, limit: int | None = None, frame: int | None = N
         )
     if data.ndim != 3:
         raise ACDCError(f"{path}: expected a 3-D volume (X, Y, Z), got shape {data.shape}")
-    if not np.isfinite(data).all():
-        raise ACDCError(f"{path}: contains {int((~np.isfinite(data)).sum())} NaN or infinite values")
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ACDCError(f"{path}: invalid (singular or non-finite) affine in the header")
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    return data, affine, spacing
+    return data, affine, np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+
+
+def load_cine(path: str | Path, limit: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
+    """Load a cine ``patientNNN_4d.nii.gz`` as ``(array float32 (X, Y, Z, T), affine (4, 4), spacing (3,) mm,
+    frame interval in ms or None)``; the interval comes from the header's fourth voxel size when its time unit is
+    ms or s. ``limit`` applies to one frame; errors as :func:`load_nifti` (one line, ``ACDCError``)."""
+    path = Path(path)
+    data, affine, header = _read_nifti(path, limit, cine=True)
+    unit = header.get_xyzt_units()[1]
+    step = float(header.get_zooms()[3])
+    frame_ms = step if unit == "msec" else 1000.0 * step if unit == "sec" else None
+    return data, affine, np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), frame_ms if frame_ms and frame_ms > 0 else None
 
 
 def load_label(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -52,13 +52,17 @@ def _header_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 
 
 def save_volume(path: str | os.PathLike, volume: np.ndarray, affine: np.ndarray,
-                dtype: type | np.dtype = np.float32) -> Path:
-    """Write a scalar volume ``(X, Y, Z)`` with voxel-to-world ``affine`` (4, 4) as ``dtype``; returns the path."""
+                dtype: type | np.dtype = np.float32, frame_ms: float | None = None) -> Path:
+    """Write a scalar volume ``(X, Y, Z)``, or a series of them ``(X, Y, Z, T)`` (a cine; ``frame_ms`` apart), with
+    voxel-to-world ``affine`` (4, 4) as ``dtype``; returns the path."""
     volume = np.asarray(volume)
-    if volume.ndim != 3:
-        raise ValueError(f"volume must be (X, Y, Z), got shape {volume.shape}")
+    if volume.ndim not in (3, 4):
+        raise ValueError(f"volume must be (X, Y, Z) or (X, Y, Z, T), got shape {volume.shape}")
     path = Path(path)
-    nib.save(_header_image(volume.astype(dtype, copy=False), _check_affine(affine)), str(path))
+    image = _header_image(volume.astype(dtype, copy=False), _check_affine(affine))
+    if volume.ndim == 4 and frame_ms:
+        image.header.set_zooms((*image.header.get_zooms()[:3], frame_ms / 1000.0))  # the header's time unit: s
+    nib.save(image, str(path))
     return path
 
 
