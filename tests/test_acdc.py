@@ -8,18 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cvae.data.acdc import (
-    MAX_VOXELS,
-    ACDCError,
-    find_subjects,
-    load_cohort,
-    load_label,
-    load_nifti,
-    load_subject,
-    max_voxels,
-    patient_directories,
-    read_info_cfg,
-)
+from cvae.data.acdc import find_subjects, load_cohort, load_subject, patient_directories, read_info_cfg
+from cvae.data.volumes import MAX_VOXELS, ACDCError, load_label, load_nifti, max_voxels
 
 from conftest import (
     ACDC_SHAPE,

@@ -18,7 +18,7 @@ from scipy.spatial.transform import Rotation
 
 from cvae.checkpoint import load_checkpoint, save_checkpoint
 from cvae.cli import Interrupted
-from cvae.data.acdc import load_nifti
+from cvae.data.volumes import load_nifti
 from cvae.data.labels import STRUCTURES
 from cvae.data.preprocess import preprocess_image_pair, resample_to_grid
 from cvae.evaluation.metrics import structure_scores

@@ -1,4 +1,4 @@
-"""The largest input the readers accept (:func:`cvae.data.acdc.load_nifti`), importable without numpy or nibabel
+"""The largest input the readers accept (:func:`cvae.data.volumes.load_nifti`), importable without numpy or nibabel
 (``cvae register --help`` shows it at once)."""
 from __future__ import annotations
 

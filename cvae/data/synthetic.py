@@ -67,9 +67,8 @@ from ``(split, 2, k, frame)``; groups come in blocks of five (one per group, ord
 So a subject never depends on how many others are generated, train and test streams are disjoint, and the gzip
 streams are written with mtime 0 and no file name: same seed, byte-identical files.
 
-(One module, a little over 400 lines, a quarter of them these notes: a subject from its parameters to its files reads
-best in one place. The anatomy, the motion and the parameter draws live in ``synthetic_anatomy``,
-``synthetic_motion`` and ``synthetic_params``.)
+(A subject from its parameters to its files, in one place; the anatomy, the motion and the parameter draws live in
+``synthetic_anatomy``, ``synthetic_motion`` and ``synthetic_params``.)
 """
 from __future__ import annotations
 
@@ -375,9 +374,8 @@ def make_cohort(
 ) -> Path:
     """Write ``n_train`` training subjects (patient001..) and ``n_test`` testing subjects (numbered on after the
     training ones) to ``out`` in the ACDC layout; returns ``out``. ``workers`` processes (default: all CPUs) share
-    the work; ``progress(done, total)`` is called after each subject. Same arguments give byte-identical files.
-    ``splits`` writes only some of them, each exactly as in the whole cohort (e.g. the testing split first, the
-    training split when training needs it)."""
+    the work; ``progress(done, total)`` is called after each subject. Same arguments give byte-identical files;
+    ``splits`` writes only some splits, each exactly as in the whole cohort."""
     n_train, n_test = _check_int("n_train", n_train), _check_int("n_test", n_test)
     seed = _check_int("seed", seed)
     workers = (os.cpu_count() or 1) if workers is None else _check_int("workers", workers, minimum=1)

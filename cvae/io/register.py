@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from cvae.checkpoint import load_checkpoint
-from cvae.data.acdc import load_label, load_nifti
+from cvae.data.volumes import load_label, load_nifti
 from cvae.data.preprocess import PreprocessedPair, preprocess_image_pair, resample_to_grid
 from cvae.evaluation.metrics import mean_displacement_mm, mean_scores, negative_jacobian_fraction, structure_scores
 from cvae.fields import image_tensor
@@ -87,7 +87,7 @@ def _load_seg(path: str | os.PathLike, image: np.ndarray, affine: np.ndarray, ro
 def _load_inputs(fixed: str | os.PathLike, moving: str | os.PathLike, fixed_seg: str | os.PathLike | None,
                  moving_seg: str | os.PathLike | None, limit: int | None = None) -> _Inputs:
     """Load and check everything before any computation (volumes of at most ``limit`` voxels, default
-    :func:`cvae.data.acdc.max_voxels`); one-line ``ValueError`` on bad input."""
+    :func:`cvae.data.volumes.max_voxels`); one-line ``ValueError`` on bad input."""
     images = []
     for path in (fixed, moving):
         data, affine, _ = load_nifti(path, limit)
@@ -245,7 +245,7 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
     (:func:`cvae.latent.refine.register_refined`); ``optimize_steps > 0`` optimises the velocity itself on the pair,
     starting from the network's (:func:`cvae.optimize.register_optimized`, at most that many steps on the coarse
     grid); ``metrics.json`` then records the pair's LCC before and after (one or the other, not both).
-    Volumes above ``max_voxels`` (default :func:`cvae.data.acdc.max_voxels`) are refused from their headers. ``out``
+    Volumes above ``max_voxels`` (default :func:`cvae.data.volumes.max_voxels`) are refused from their headers. ``out``
     must be new, empty or written by an earlier ``cvae register`` (whose outputs are replaced; ``metrics.json`` lists
     the ``files`` of a run); with ``overwrite`` a folder holding other files is accepted and only the files named like
     this run's outputs are replaced.

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvae.data.acdc import ACDCError, load_label, load_nifti
+from cvae.data.volumes import ACDCError, load_label, load_nifti
 from cvae.data.preprocess import PreprocessedPair, preprocess_image_pair
 
 __all__ = ["MAX_UPLOAD_MB", "ROLES", "UploadError", "Upload", "StagedPair", "check_upload", "stage_uploads",

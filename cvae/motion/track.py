@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from cvae.checkpoint import load_checkpoint
-from cvae.data.acdc import load_cine, load_label
+from cvae.data.volumes import load_cine, load_label
 from cvae.data.preprocess import preprocess_image_pair, resample_to_grid
 from cvae.evaluation.clinical import label_volumes_ml
 from cvae.io.atomic import atomic_folder, check_writable
