@@ -92,10 +92,8 @@ from cvae.data.synthetic_anatomy import NO_TISSUE, body_classes, ed_scene, heart
 from cvae.data.synthetic_motion import es_to_ed
 from cvae.data.synthetic_params import SubjectParams, sample_subject
 
-__all__ = [
-    "SPLITS", "SyntheticSubject", "group_of", "make_subject", "save_subject", "make_cohort", "ed_labels_at",
-    "heart_to_voxel", "voxel_to_heart",
-]
+__all__ = ["SPLITS", "SyntheticSubject", "group_of", "make_subject", "save_subject", "make_cohort", "ed_labels_at",
+           "heart_to_voxel", "voxel_to_heart"]
 
 #: Split folders, in the order of their seed-stream keys.
 SPLITS: tuple[str, ...] = ("training", "testing")
