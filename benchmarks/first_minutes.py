@@ -29,63 +29,65 @@ from cvae.data.acdc import find_subjects
 from report import print_report, report_parser  # benchmarks/ is on sys.path when run as a script
 
 CVAE = str(Path(sys.executable).with_name("cvae"))
+TIME = "/usr/bin/time"  # GNU time: the peak resident memory of the child
 
 
 def _wall(argv: list[str], runs: int, before: Callable[[int], None] | None = None
-          ) -> tuple[list[float], list[subprocess.CompletedProcess]]:
-    """Wall seconds of ``runs`` fresh processes of ``argv`` (after a warm-up) and the processes; ``before(k)``
-    prepares run ``k``."""
-    seconds, done = [], []
+          ) -> tuple[list[float], list[float]]:
+    """Wall seconds and peak memory (MB, resident) of ``runs`` fresh processes of ``argv`` after a warm-up run;
+    ``before(k)`` prepares run ``k``."""
+    seconds, memory = [], []
     for k in range(runs + 1):
         if before is not None:
             before(k)
         tic = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        proc = subprocess.run([TIME, "-f", "%M", *argv], capture_output=True, text=True)
         elapsed = time.perf_counter() - tic
         if proc.returncode != 0:
             raise ValueError(f"{' '.join(argv[:2])} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
         if k:  # run 0 warms the caches
             seconds.append(elapsed)
-            done.append(proc)
-    return seconds, done
+            memory.append(int(proc.stderr.strip().splitlines()[-1]) / 1024)
+    return seconds, memory
 
 
-def _row(name: str, seconds: list[float], note: str = "") -> str:
-    return (f"| {name} | {statistics.median(seconds):.2f} | {min(seconds):.2f}-{max(seconds):.2f} | {len(seconds)} "
-            f"| {note} |")
+def _row(name: str, measured: tuple[list[float], list[float]], note: str = "") -> str:
+    seconds, memory = measured
+    return (f"| {name} | {statistics.median(seconds):.2f} | {min(seconds):.2f}-{max(seconds):.2f} | "
+            f"{statistics.median(memory):.0f} | {len(seconds)} | {note} |")
 
 
 def report(data: str, runs: int, synth_runs: int) -> str:
     subject = find_subjects(data, "testing")[0]
     scratch = Path(tempfile.mkdtemp(prefix="first-minutes-"))
-    lines = ["| command | median (s) | range (s) | runs | note |", "|---|---|---|---|---|"]
-    seconds, _ = _wall([CVAE, "--help"], runs)
-    lines.append(_row("`cvae --help`", seconds))
-    helps = {name: _wall([CVAE, name, "--help"], runs)[0] for name in COMMANDS}
-    slowest = max(helps, key=lambda n: statistics.median(helps[n]))
+    lines = ["| command | median (s) | range (s) | peak memory (MB) | runs | note |", "|---|---|---|---|---|---|"]
+    lines.append(_row("`cvae --help`", _wall([CVAE, "--help"], runs)))
+    helps = {name: _wall([CVAE, name, "--help"], runs) for name in COMMANDS}
+    slowest = max(helps, key=lambda n: statistics.median(helps[n][0]))
     lines.append(_row(f"`cvae COMMAND --help`, slowest ({slowest})", helps[slowest],
-                      ", ".join(f"{n} {statistics.median(s):.2f}" for n, s in helps.items())))
+                      ", ".join(f"{n} {statistics.median(s):.2f}" for n, (s, _) in helps.items())))
     pair = ["--fixed", str(subject.es_image), "--moving", str(subject.ed_image), "--fixed-seg", str(subject.es_label),
             "--moving-seg", str(subject.ed_label), "--device", "cpu"]
-    seconds, _ = _wall([CVAE, "register", *pair, "--out", str(scratch / "one")], runs,
-                       before=lambda k: _clear(scratch / "one"))
+    one = _wall([CVAE, "register", *pair, "--out", str(scratch / "one")], runs,
+                before=lambda k: _clear(scratch / "one"))
     inside = json.loads((scratch / "one" / "metrics.json").read_text())["seconds"]
     parts = ", ".join(f"{k} {v:.2f}" for k, v in inside.items() if k != "total")
-    lines.append(_row("`cvae register` (one pair, with segmentations)", seconds,
+    lines.append(_row("`cvae register` (one pair, with segmentations)", one,
                       f"inside the process (last run): {parts}; start-up and imports: the rest"))
     n_pairs = 10
     rows = ["name,fixed,moving,fixed_seg,moving_seg"]
     for k, info in enumerate(find_subjects(data, "testing")[:n_pairs]):
         rows.append(f"p{k},{info.es_image},{info.ed_image},{info.es_label},{info.ed_label}")
     (scratch / "pairs.csv").write_text("\n".join(rows) + "\n")
-    seconds, _ = _wall([CVAE, "register", "--pairs", str(scratch / "pairs.csv"), "--device", "cpu", "--out",
-                        str(scratch / "many")], max(1, runs // 2), before=lambda k: _clear(scratch / "many"))
-    lines.append(_row(f"`cvae register --pairs` ({n_pairs} pairs)", seconds,
-                      f"{statistics.median(seconds) / n_pairs:.2f} s per pair"))
+    many = _wall([CVAE, "register", "--pairs", str(scratch / "pairs.csv"), "--device", "cpu", "--out",
+                  str(scratch / "many")], max(1, runs // 2), before=lambda k: _clear(scratch / "many"))
+    lines.append(_row(f"`cvae register --pairs` ({n_pairs} pairs)", many,
+                      f"{statistics.median(many[0]) / n_pairs:.2f} s per pair"))
     if synth_runs:
-        seconds, _ = _wall([CVAE, "synth", "--out", str(scratch / "cohort"), "--splits", "testing", "--no-progress"],
-                           synth_runs, before=lambda k: _clear(scratch / "cohort"))
-        lines.append(_row("`cvae synth --splits testing` (100 subjects)", seconds, f"{os.cpu_count()} workers"))
+        synth = _wall([CVAE, "synth", "--out", str(scratch / "cohort"), "--splits", "testing", "--no-progress"],
+                      synth_runs, before=lambda k: _clear(scratch / "cohort"))
+        lines.append(_row("`cvae synth --splits testing` (100 subjects)", synth,
+                          f"{os.cpu_count()} workers; memory: the largest process"))
     _clear(scratch)
     return "\n".join(lines)
 
