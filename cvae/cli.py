@@ -17,6 +17,7 @@ Nothing heavy is imported here: ``cvae --help`` answers at once.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -102,5 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.main(args[1:]) or 0)
 
 
+def run() -> None:
+    """The ``cvae`` console script: :func:`main`, then an immediate exit. Once torch is loaded, the interpreter's
+    normal shutdown spends about a second tearing it down, and there is nothing left to clean up: every command has
+    finished its work, its outputs are complete (written atomically, flushed to disk) and its worker processes are
+    joined. Only the console script does this; ``main`` returns as any function does."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -77,7 +77,9 @@ def _reference() -> None:
                "(`benchmarks/evaluation/`, commands in `benchmarks/RESULTS.md`): "
                + "; ".join(f"**{c}**: {COHORTS[c]}" for c in cases) + ". A model is only as good as the hearts it "
                "saw: the foreign cohort measures how it does on hearts drawn another way. cvae-opt is the CVAE "
-               "followed by test-time optimisation of the velocity.")
+               "followed by test-time optimisation of the velocity; cvae-dr and cvae-opt-dr are the same with the "
+               "checkpoint `synthetic-acdc-dr`, trained with domain randomisation (`--methods cvae --checkpoint "
+               "synthetic-acdc-dr`).")
     cohort = st.segmented_control("Box plots of the cohort", list(cases), default=next(iter(cases)),
                                   key="benchmark_reference_cohort", format_func=COHORTS.get) or next(iter(cases))
     st.plotly_chart(box_plot(cases[cohort], "dice"), key="benchmark_reference_boxes")

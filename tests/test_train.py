@@ -197,7 +197,7 @@ def test_torchrun_two_processes_keep_identical_weights(tiny_cohort, tiny_cache, 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
-@pytest.mark.parametrize("name", ["synthetic-acdc", "synthetic-acdc-seg"])
+@pytest.mark.parametrize("name", ["synthetic-acdc", "synthetic-acdc-seg", "synthetic-acdc-dr"])
 def test_shipped_checkpoint_registers_a_test_pair_better_than_identity(name, tiny_cohort, tiny_cache):
     from cvae.data.dataset import PairDataset
     from cvae.data.labels import STRUCTURES

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,10 +312,13 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
     resampled = time.perf_counter()
 
     def write(tmp: Path) -> None:
-        for name, volume in volumes.items():
-            save_volume(tmp / name, volume, affine, np.uint8 if name == "warped_seg.nii.gz" else np.float32)
-        for name, field in fields.items():
-            save_vector_field(tmp / name, field, affine)
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # compression releases the GIL: files in parallel
+            jobs = [pool.submit(save_volume, tmp / name, volume, affine,
+                                np.uint8 if name == "warped_seg.nii.gz" else np.float32)
+                    for name, volume in volumes.items()]
+            jobs += [pool.submit(save_vector_field, tmp / name, field, affine) for name, field in fields.items()]
+            for job in jobs:
+                job.result()
         metrics["files"] = sorted([*volumes, *fields, "metrics.json"])
         metrics["seconds"] = {"preprocessing": preprocessed - start, "registration": registered - preprocessed,
                               "resampling": resampled - registered,
