@@ -7,22 +7,25 @@ renames (the old one to ``.<name>.old``, the new one into place): a kill between
 two hidden ones, and :func:`recover_folder` puts the newest usable one back. The results get the permissions the
 user's umask gives (e.g. files 0644, folders 0755), not the private ones of ``tempfile``.
 
-:func:`check_writable` tells, before any work, whether an output can be written where the user asked.
+:func:`check_writable` tells, before any work, whether an output can be written where the user asked, and
+:func:`earlier_outputs` which files of an output folder a command may replace.
 """
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pandas is only needed by the caller that has a table
     import pandas as pd
 
-__all__ = ["atomic_write", "write_text", "write_csv", "atomic_folder", "recover_folder", "check_writable"]
+__all__ = ["atomic_write", "write_text", "write_csv", "atomic_folder", "earlier_outputs", "recover_folder",
+           "check_writable"]
 
 
 def _umask() -> int:
@@ -127,6 +130,27 @@ def atomic_folder(folder: str | os.PathLike, write: Callable[[Path], None], *,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def earlier_outputs(out: Path, names: Sequence[str], manifest: str, keys: Sequence[str], command: str,
+                    overwrite: bool) -> list[str] | None:
+    """What a command writing the files ``names`` into the folder ``out`` may replace there (``merge_into`` of
+    :func:`atomic_folder`): ``None`` when ``out`` is missing or empty; the files an earlier run of the command wrote,
+    when ``out`` holds its JSON ``manifest`` with every key of ``keys`` (its ``files`` list, else all ``names``);
+    with ``overwrite``, a folder holding other files too, but then only the files this run writes are replaced.
+    Otherwise one-line ``ValueError``, before any work."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    try:
+        earlier = json.loads((out / manifest).read_text())
+        if isinstance(earlier, dict) and all(key in earlier for key in keys):
+            return [name for name in earlier.get("files", names) if name in names]
+    except (OSError, ValueError):
+        pass
+    if not overwrite:
+        raise ValueError(f"--out {out} holds files that {command} did not write: give a new or empty folder, or "
+                         "pass --overwrite to replace only the files named like its outputs")
+    return []
 
 
 def recover_folder(folder: str | os.PathLike, score: Callable[[Path], float | None]) -> Path | None:

@@ -53,7 +53,7 @@ from cvae.data.volumes import load_label, load_nifti
 from cvae.data.preprocess import PreprocessedPair, preprocess_image_pair, resample_to_grid
 from cvae.evaluation.metrics import mean_displacement_mm, mean_scores, negative_jacobian_fraction, structure_scores
 from cvae.fields import image_tensor
-from cvae.io.atomic import atomic_folder, check_writable
+from cvae.io.atomic import atomic_folder, check_writable, earlier_outputs
 from cvae.io.nifti import save_vector_field, save_volume
 from cvae.optimize import OptimizeSettings, register_optimized
 
@@ -99,24 +99,6 @@ def _load_inputs(fixed: str | os.PathLike, moving: str | os.PathLike, fixed_seg:
     return _Inputs(f, fa, m, ma,
                    None if fixed_seg is None else _load_seg(fixed_seg, f, fa, "fixed", limit),
                    None if moving_seg is None else _load_seg(moving_seg, m, ma, "moving", limit))
-
-
-def _earlier_outputs(out: Path, overwrite: bool) -> list[str] | None:
-    """The files an earlier ``cvae register`` wrote into ``out`` (listed in its ``metrics.json``), which this run
-    replaces or removes; ``None`` when ``out`` is missing or empty. A folder holding other files is refused (before
-    any work) unless ``overwrite``, and then only the files of the same names as this run's outputs are replaced."""
-    if not out.is_dir() or not any(out.iterdir()):
-        return None
-    try:
-        earlier = json.loads((out / "metrics.json").read_text())
-        if isinstance(earlier, dict) and "model_grid" in earlier and "checkpoint" in earlier:
-            return [name for name in earlier.get("files", OUTPUT_FILES) if name in OUTPUT_FILES]
-    except (OSError, ValueError):
-        pass
-    if not overwrite:
-        raise ValueError(f"--out {out} holds files that cvae register did not write: give a new or empty folder, or "
-                         "pass --overwrite to replace only the files named like its outputs")
-    return []
 
 
 def _same_grid(shape_a: tuple, affine_a: np.ndarray, shape_b: tuple, affine_b: np.ndarray) -> bool:
@@ -263,7 +245,8 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
     if refine_steps and optimize_steps:
         raise ValueError("give --refine-steps (the code) or --optimize-steps (the velocity), not both")
     out = check_writable(out)
-    earlier = _earlier_outputs(out, overwrite)
+    earlier = earlier_outputs(out, OUTPUT_FILES, "metrics.json", ("model_grid", "checkpoint"), "cvae register",
+                              overwrite)
     inputs = _load_inputs(fixed, moving, fixed_seg, moving_seg, max_voxels)
     model, config = loaded or load_checkpoint(checkpoint, device)
     size = tuple(int(n) for n in model.config.image_size)

@@ -37,7 +37,7 @@ from cvae.checkpoint import load_checkpoint
 from cvae.data.volumes import load_cine, load_label
 from cvae.data.preprocess import preprocess_image_pair, resample_to_grid
 from cvae.evaluation.clinical import label_volumes_ml
-from cvae.io.atomic import atomic_folder, check_writable
+from cvae.io.atomic import atomic_folder, check_writable, earlier_outputs
 from cvae.io.nifti import save_volume
 from cvae.io.register import field_to_world, warp_to_grid
 from cvae.model import CVAERegistration
@@ -171,17 +171,6 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return text.getvalue()
 
 
-def _earlier_outputs(out: Path, overwrite: bool) -> list[str] | None:
-    """``OUTPUT_FILES`` to replace when ``out`` holds an earlier tracking (or anything, with ``overwrite``);
-    ``None`` for a missing or empty folder; one-line ``ValueError`` for a folder of other files."""
-    if not out.is_dir() or not any(out.iterdir()):
-        return None
-    if overwrite or ((out / "summary.json").is_file() and "es_frame" in (out / "summary.json").read_text()):
-        return list(OUTPUT_FILES)
-    raise ValueError(f"--out {out} holds files that cvae track did not write: give a new or empty folder, or pass "
-                     "--overwrite to replace only the files named like its outputs")
-
-
 def track_files(cine: str | os.PathLike, out: str | os.PathLike, checkpoint: str | os.PathLike = "synthetic-acdc",
                 ed_frame: int = 1, ed_seg: str | os.PathLike | None = None, device: str | torch.device = "auto",
                 batch_size: int = 4, overwrite: bool = False) -> dict[str, Any]:
@@ -189,7 +178,7 @@ def track_files(cine: str | os.PathLike, out: str | os.PathLike, checkpoint: str
     return the content of ``summary.json``. Inputs and ``out`` are checked before the model runs."""
     start = time.perf_counter()
     out = check_writable(out)
-    earlier = _earlier_outputs(out, overwrite)
+    earlier = earlier_outputs(out, OUTPUT_FILES, "summary.json", ("es_frame", "frames"), "cvae track", overwrite)
     volume, affine, _, frame_ms = load_cine(cine)
     ed_label = None
     if ed_seg is not None:
