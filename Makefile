@@ -1,6 +1,6 @@
 # cvae-reg: two commands do all set-up on a fresh machine.
 #   make app    create .venv, install, write the demo cohort's test split if missing, serve the app on 127.0.0.1
-#   make test   same set-up plus the training split, then the whole test suite (fast tests + browser tests)
+#   make test   same set-up, then the whole test suite (fast tests + browser tests)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -18,8 +18,9 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-bench.txt pyproject
 
 install: $(STAMP)
 
-# One split at a time, each exactly as in the whole cohort: the app studies the test split, so `make app` waits for
-# it alone; the training split comes when the tests (or training) need it. A stamp marks a split written to the end.
+# One split at a time, each exactly as in the whole cohort: the app and the fast tests use the test split alone, so
+# `make app` and `make test` wait for it only; the training split comes with `make cohort` (the slow tests and the
+# benchmarks need it, as does training). A stamp marks a split written to the end.
 $(DATA)/.%-complete: | $(STAMP)
 	$(PY) -m cvae.cli synth --out $(DATA) --splits $*
 	touch $@
@@ -33,7 +34,7 @@ app: install $(DATA)/.testing-complete
 browser:
 	@bash .ci/ensure-chromium
 
-test: install cohort browser
+test: install $(DATA)/.testing-complete browser
 	CVAE_DATA=$(abspath $(DATA)) $(PY) -m pytest -q -m "not slow" -p no:cacheprovider
 
 test-slow: install cohort

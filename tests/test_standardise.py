@@ -173,7 +173,7 @@ def test_cli_refuses_with_one_line(latent_cohort: Path, latent_checkpoint: Path,
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (data_root() / "training").is_dir(), reason="the demo cohort is not there (make data)")
+@pytest.mark.skipif(not (data_root() / "training").is_dir(), reason="the demo cohort is not there (make cohort)")
 @pytest.mark.parametrize("name", ["synthetic-acdc", "synthetic-acdc-seg", "synthetic-acdc-dr"])
 def test_the_shipped_checkpoint_is_standardised_to_its_training_codes(name: str) -> None:
     """Encoding the demo cohort's training split with the shipped weights gives codes of mean 0 and variance 1 per
