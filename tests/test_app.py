@@ -324,7 +324,10 @@ def test_transport_compares_source_target_and_simulation(env):
     assert at.dataframe[0].value.index[0] != table.index[0]
 
 
-def test_transport_group_table_is_computed_on_request_then_cached(env):
+def test_transport_group_table_is_computed_on_request_then_cached(env, monkeypatch):
+    # one source and one target per group (the page's 4 x 2 decode 200 pairs: the same code path, 8 times longer)
+    monkeypatch.setattr(C, "TRANSPORT_SOURCES", 1)
+    monkeypatch.setattr(C, "TRANSPORT_TARGETS", 1)
     at = open_page("transport")
     assert not C.transport_study_cached(env["CVAE_CHECKPOINT"], env["CVAE_DATA"])
     assert len(charts(at)) == 1  # the images only, until the button
