@@ -133,19 +133,19 @@ def crop_coordinates(crop_affine: np.ndarray, target_affine: np.ndarray, target_
 
 
 def field_to_world(field: np.ndarray | torch.Tensor, crop_affine: np.ndarray, target_affine: np.ndarray,
-                   target_shape: tuple[int, ...], coordinates: np.ndarray | None = None) -> np.ndarray:
+                   target_shape: tuple[int, ...]) -> np.ndarray:
     """Crop-grid fields ``(..., 3, Xc, Yc, Zc)`` in crop voxels -> world displacements ``(..., X, Y, Z, 3)`` in mm
     (RAS+), any number of fields at once.
 
     ``d(x) = R_c u(A_c^-1 x)`` at every target voxel ``x``, ``u`` interpolated trilinearly (``grid_sample``,
     float32, as the NIfTI files store it); outside the crop ``u`` falls linearly to 0 over one voxel and is 0 beyond
-    (identity). ``coordinates`` may pass :func:`crop_coordinates` of the same grids.
+    (identity).
     """
     u = torch.as_tensor(np.asarray(field) if not isinstance(field, torch.Tensor) else field).float()
     if u.ndim < 4 or u.shape[-4] != 3:
         raise ValueError(f"field must be (..., 3, X, Y, Z) in voxels, got shape {tuple(u.shape)}")
     lead, size = u.shape[:-4], u.shape[-3:]
-    q = crop_coordinates(crop_affine, target_affine, target_shape) if coordinates is None else coordinates
+    q = crop_coordinates(crop_affine, target_affine, target_shape)
     scale = (np.asarray(size, dtype=np.float64) - 1) / 2  # voxel -> grid_sample's [-1, 1] (align_corners=True)
     grid = torch.from_numpy((q / scale[:, None] - 1).T[:, ::-1].astype(np.float32))  # (N, 3), last axis first
     sampled = F.grid_sample(u.reshape(1, -1, *size), grid.view(1, 1, 1, -1, 3), mode="bilinear",
