@@ -14,6 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-bench.txt pyproject
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt -r requirements-bench.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m compileall -q cvae  # bytecode now: with PYTHONDONTWRITEBYTECODE set, each command would compile anew
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,8 +35,11 @@ app: install $(DATA)/.testing-complete
 browser:
 	@bash .ci/ensure-chromium
 
-test: install $(DATA)/.testing-complete browser
-	CVAE_DATA=$(abspath $(DATA)) $(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+# The test split (CPU) and Chromium (download) are made side by side; the suite runs on every core (pytest-xdist,
+# one worker per core, each test module on one worker so that its fixtures are made once).
+test: install
+	$(MAKE) --no-print-directory -j2 $(DATA)/.testing-complete browser
+	CVAE_DATA=$(abspath $(DATA)) $(PY) -m pytest -q -m "not slow" -p no:cacheprovider -n auto --dist loadfile
 
 test-slow: install cohort
 	CVAE_DATA=$(abspath $(DATA)) $(PY) -m pytest -q -m slow -p no:cacheprovider

@@ -26,6 +26,9 @@ PAGES: tuple[tuple[str, str, str, str], ...] = (
      "Move along the latent dimensions and watch the decoded deformation of a heart change; posterior uncertainty"),
     ("pages/transport.py", "Transport", ":material/swap_horiz:",
      "Apply the motion of one subject (e.g. a dilated heart) to another subject's anatomy: a simulated ES frame"),
+    ("pages/motion.py", "Motion", ":material/ecg_heart:",
+     "A whole cardiac cycle: the cine tracked frame by frame, volume curves, the code trajectory, cycles "
+     "simulated from ED, the motion on another heart"),
     ("pages/embedding.py", "Embedding", ":material/scatter_plot:",
      "The test cohort's codes in 2-D (CCA, UMAP, PCA), coloured by disease; how well an SVM tells the groups apart"),
     ("pages/benchmark.py", "Benchmark", ":material/leaderboard:",

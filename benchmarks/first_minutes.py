@@ -6,7 +6,9 @@ Usage::
     .venv/bin/python benchmarks/first_minutes.py --data data/synthetic-acdc --runs 5 --synth-runs 3
 
 Every figure is the median (and the range) over ``--runs`` fresh processes of the installed ``cvae`` entry point,
-after one warm-up run (the operating system's file cache is warm, as for a user's second command). `cvae register`
+after one warm-up run (the operating system's file cache is warm, as for a user's second command); beside the wall
+time, the CPU time (user + system, all threads and child processes), which other work on the machine disturbs less,
+and the load averages before and after, to judge how idle the machine was. `cvae register`
 registers the first test subject's ED frame to its ES frame with both segmentations, on the CPU, into a new folder
 each time; its `metrics.json` splits the time inside the process (preprocessing, registration, resampling, writing),
 the rest is start-up (Python, imports, the checkpoint). `cvae synth` writes the 100 subjects of the test split
@@ -29,43 +31,54 @@ from cvae.data.acdc import find_subjects
 from report import print_report, report_parser  # benchmarks/ is on sys.path when run as a script
 
 CVAE = str(Path(sys.executable).with_name("cvae"))
-TIME = "/usr/bin/time"  # GNU time: the peak resident memory of the child
+TIME = "/usr/bin/time"  # GNU time: the peak resident memory and the CPU time of the child
+
+#: Per run: wall seconds, CPU seconds (user + system), peak resident memory (MB).
+Runs = tuple[list[float], list[float], list[float]]
 
 
-def _wall(argv: list[str], runs: int, before: Callable[[int], None] | None = None
-          ) -> tuple[list[float], list[float]]:
-    """Wall seconds and peak memory (MB, resident) of ``runs`` fresh processes of ``argv`` after a warm-up run;
-    ``before(k)`` prepares run ``k``."""
-    seconds, memory = [], []
+def _wall(argv: list[str], runs: int, before: Callable[[int], None] | None = None) -> Runs:
+    """Wall and CPU seconds and peak memory (MB, resident) of ``runs`` fresh processes of ``argv`` after a warm-up
+    run; ``before(k)`` prepares run ``k``."""
+    seconds, cpu, memory = [], [], []
     for k in range(runs + 1):
         if before is not None:
             before(k)
         tic = time.perf_counter()
-        proc = subprocess.run([TIME, "-f", "%M", *argv], capture_output=True, text=True)
+        proc = subprocess.run([TIME, "-f", "%M %U %S", *argv], capture_output=True, text=True)
         elapsed = time.perf_counter() - tic
         if proc.returncode != 0:
             raise ValueError(f"{' '.join(argv[:2])} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
         if k:  # run 0 warms the caches
+            peak, user, system = proc.stderr.strip().splitlines()[-1].split()
             seconds.append(elapsed)
-            memory.append(int(proc.stderr.strip().splitlines()[-1]) / 1024)
-    return seconds, memory
+            cpu.append(float(user) + float(system))
+            memory.append(int(peak) / 1024)
+    return seconds, cpu, memory
 
 
-def _row(name: str, measured: tuple[list[float], list[float]], note: str = "") -> str:
-    seconds, memory = measured
+def _row(name: str, measured: Runs, note: str = "") -> str:
+    seconds, cpu, memory = measured
     return (f"| {name} | {statistics.median(seconds):.2f} | {min(seconds):.2f}-{max(seconds):.2f} | "
-            f"{statistics.median(memory):.0f} | {len(seconds)} | {note} |")
+            f"{statistics.median(cpu):.2f} | {statistics.median(memory):.0f} | {len(seconds)} | {note} |")
+
+
+def _load() -> str:
+    """The machine's load averages over 1, 5 and 15 minutes."""
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def report(data: str, runs: int, synth_runs: int) -> str:
     subject = find_subjects(data, "testing")[0]
     scratch = Path(tempfile.mkdtemp(prefix="first-minutes-"))
-    lines = ["| command | median (s) | range (s) | peak memory (MB) | runs | note |", "|---|---|---|---|---|---|"]
+    load_before = _load()
+    lines = ["| command | median (s) | range (s) | CPU, median (s) | peak memory (MB) | runs | note |",
+             "|---|---|---|---|---|---|---|"]
     lines.append(_row("`cvae --help`", _wall([CVAE, "--help"], runs)))
     helps = {name: _wall([CVAE, name, "--help"], runs) for name in COMMANDS}
     slowest = max(helps, key=lambda n: statistics.median(helps[n][0]))
     lines.append(_row(f"`cvae COMMAND --help`, slowest ({slowest})", helps[slowest],
-                      ", ".join(f"{n} {statistics.median(s):.2f}" for n, (s, _) in helps.items())))
+                      ", ".join(f"{n} {statistics.median(s):.2f}" for n, (s, _, _) in helps.items())))
     pair = ["--fixed", str(subject.es_image), "--moving", str(subject.ed_image), "--fixed-seg", str(subject.es_label),
             "--moving-seg", str(subject.ed_label), "--device", "cpu"]
     one = _wall([CVAE, "register", *pair, "--out", str(scratch / "one")], runs,
@@ -89,6 +102,7 @@ def report(data: str, runs: int, synth_runs: int) -> str:
         lines.append(_row("`cvae synth --splits testing` (100 subjects)", synth,
                           f"{os.cpu_count()} workers; memory: the largest process"))
     _clear(scratch)
+    lines.append(f"\nLoad averages (1 / 5 / 15 min): {load_before} before, {_load()} after.")
     return "\n".join(lines)
 
 

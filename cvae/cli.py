@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "adapt": ("cvae.commands.adapt", "fine-tune a trained CVAE on your own cohort, no segmentations needed"),
     "track": ("cvae.commands.track", "track a cine: the ED frame registered to every frame, labels carried, volume "
               "curves"),
+    "train-motion": ("cvae.commands.train_motion", "fit the motion model (a temporal network over the codes of "
+                     "tracked cines)"),
     "register": ("cvae.commands.register", "register two NIfTI images, write NIfTI outputs and metrics"),
     "evaluate": ("cvae.commands.evaluate", "evaluate registration methods on a cohort (the CVAE and its baselines)"),
     "embed": ("cvae.commands.embed", "encode a cohort to a table of latent codes and clinical measures"),
@@ -87,7 +89,9 @@ def run_command(prog: str, body: Callable[[], str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, own_process: bool = False) -> int:
+    """Run ``cvae <command> [options]`` (``argv``, default the command line). With ``own_process`` (the console
+    script) the command may first set up the process for itself: its module's ``own_process()``, when it has one."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cvae: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[args[0]][0])
+    if own_process and hasattr(module, "own_process"):
+        module.own_process()
     return int(module.main(args[1:]) or 0)
 
 
@@ -108,7 +114,7 @@ def run() -> None:
     normal shutdown spends about a second tearing it down, and there is nothing left to clean up: every command has
     finished its work, its outputs are complete (written atomically, flushed to disk) and its worker processes are
     joined. Only the console script does this; ``main`` returns as any function does."""
-    code = main()
+    code = main(own_process=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

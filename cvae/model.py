@@ -247,10 +247,12 @@ class CVAERegistration(nn.Module):
 
     def _result(self, v: torch.Tensor, moving: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor | None,
                 inverse: bool) -> RegistrationResult:
-        u = self.exponentiate(v)
+        # exp(v) and exp(-v) as one batch: the 3-D grid sampler shares batch elements, not voxels, among the CPU
+        # threads, so both run at once (each element is computed exactly as alone)
+        u, u_inverse = self.exponentiate(torch.cat([v, -v])).chunk(2) if inverse else (self.exponentiate(v), None)
         return RegistrationResult(warped=self.transformer(moving, u), velocity=v, displacement=u,
-                                  inverse_displacement=self.exponentiate(-v) if inverse else None,
-                                  jacobian=jacobian_determinant(u), mu=mu, logvar=logvar)
+                                  inverse_displacement=u_inverse, jacobian=jacobian_determinant(u), mu=mu,
+                                  logvar=logvar)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> RegistrationResult:
         """:meth:`register` without the inverse transform."""

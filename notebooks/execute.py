@@ -1,13 +1,14 @@
 """Execute the teaching notebooks in place and store their outputs (what gets committed).
 
-    .venv/bin/python notebooks/execute.py                      # all three, full runs (several minutes on a CPU)
+    .venv/bin/python notebooks/execute.py                      # all four, full runs (several minutes on a CPU)
     .venv/bin/python notebooks/execute.py 02_training.ipynb    # one of them
 
 Each notebook runs top to bottom in the ``python3`` Jupyter kernel of this environment (ipykernel), with
 ``notebooks/`` as working directory and one intra-op thread (``OMP_NUM_THREADS=1`` unless set). Afterwards per-cell
 timing metadata is removed and every output is checked for absolute paths of this machine (project folder, home,
-temporary folder): a notebook whose outputs would leak one is reported and not written. ``CVAE_NOTEBOOK_FAST=1`` (the test suite's smoke runs) is refused here, since those
-outputs are not meant to be committed. The test suite uses :func:`execute_notebook` on temporary copies.
+temporary folder): a notebook whose outputs would leak one is reported and not written. ``CVAE_NOTEBOOK_FAST=1``
+(the test suite's smoke runs) is refused here, since those outputs are not meant to be committed. The test suite
+uses :func:`execute_notebook` on temporary copies.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import nbformat
 from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
-NOTEBOOKS: tuple[str, ...] = ("01_quickstart.ipynb", "02_training.ipynb", "03_latent_space.ipynb")
+NOTEBOOKS: tuple[str, ...] = ("01_quickstart.ipynb", "02_training.ipynb", "03_latent_space.ipynb", "04_motion.ipynb")
 #: PNG outputs above this size (bytes, base64-decoded) are reported: keep the committed notebooks small.
 MAX_PNG_BYTES = 150_000
 

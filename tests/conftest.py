@@ -29,9 +29,10 @@ from cvae.losses import LCC_EPS
 from cvae.model import CVAERegistration, ModelConfig
 
 # ---------------------------------------------------------------------------------------------------------------
-# the machine: the tests run on 2 CPU cores
+# the machine: the tests run on 2 CPU cores, shared by the pytest-xdist workers when `-n` is given
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 
 # ---------------------------------------------------------------------------------------------------------------
 # the tiny grid of the fast tests
@@ -370,3 +371,45 @@ def warped_mean_dice(prep: PreprocessedPair, displacement: torch.Tensor) -> floa
     its ES labels."""
     warped = warp_labels(image_tensor(prep.moving_label), displacement)[0, 0].numpy()
     return mean_dice(warped, prep.fixed_label)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the Motion page (test_app_motion.py with AppTest, test_browser.py): cines, a small model, a motion model
+
+#: Frames of the cines of :func:`cine_patient`.
+MOTION_FRAMES = 10
+
+
+def cine_patient(split_dir: Path, number: int, group: str, seed: int, frames: int = MOTION_FRAMES) -> Path:
+    """A patient folder of :func:`write_patient` (ED frame 1, ES frame 5) made cine-only by :func:`as_cine_only`,
+    with its group and its ED and ES segmentations kept."""
+    directory = write_patient(split_dir, number, group=group, es=5, seed=seed)
+    labels = {path.name: path.read_bytes() for path in directory.glob("*_gt.nii.gz")}
+    as_cine_only(directory, frames)
+    for name, data in labels.items():
+        (directory / name).write_bytes(data)
+    with (directory / "Info.cfg").open("a") as info:
+        info.write(f"Group: {group}\n")
+    return directory
+
+
+def motion_environment(folder: Path) -> dict[str, str]:
+    """Environment variables pointing the app at a cohort of three cines (DCM, NOR, HCM: ``patient001-003`` of
+    :func:`cine_patient`), :func:`latent_model` as the registration checkpoint and a small motion model trained on the
+    cohort's tracked cycles for 20 steps."""
+    from cvae.motion.cycles import cohort_cycles
+    from cvae.motion.model import MotionConfig
+    from cvae.motion.train import MotionTraining, train_motion
+
+    root = folder / "cine-cohort"
+    for number, group in ((1, "DCM"), (2, "NOR"), (3, "HCM")):
+        cine_patient(root / "testing", number, group, seed=number)
+    model = latent_model()
+    checkpoint = save_checkpoint(folder / "registration", model, spacing=LATENT_SPACING)
+    motion = folder / "motion"
+    train_motion(cohort_cycles(model, root, "testing", LATENT_SPACING), motion,
+                 MotionTraining(steps=20, batch=2, validation=1),
+                 MotionConfig(latent_dim=LATENT_DIM, hidden=16, levels=2, context=4, style=2),
+                 source={"registration_checkpoint": str(checkpoint)}, log=lambda _: None)
+    return {"CVAE_DATA": str(root), "CVAE_CHECKPOINT": str(checkpoint), "CVAE_MOTION_CHECKPOINT": str(motion),
+            "CVAE_CACHE": str(folder / "cache"), "CVAE_RESULTS": str(folder / "results")}

@@ -105,7 +105,7 @@ def test_home_shows_the_method_checkpoint_cohort_and_links(env):
     assert "latent code: **16** dimensions" in markdown and "128 × 128 × 32" in markdown
     counts = at.dataframe[0].value
     assert int(counts.to_numpy().sum()) == 13 and list(counts.columns) == ["NOR", "DCM", "HCM", "MINF", "RV"]
-    assert len(at.get("page_link")) == 5
+    assert len(at.get("page_link")) == 6
     assert len(charts(at)) == 1  # the method figure
     assert at.selectbox(key="checkpoint").value == env["CVAE_CHECKPOINT"]
     assert not any("labels in the loss" in c.value for c in at.caption)

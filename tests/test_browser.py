@@ -1,7 +1,8 @@
 """End to end in a real browser: ``streamlit run app.py`` on a free local port, driven by Playwright with Debian's
 chromium. Opens every page, moves sliders, registers pairs (and refuses a bad upload), follows a click from the
-Embedding page to the Register page, checks that no exception or unexpected error appears, and saves a screenshot
-of every page under ``test-artifacts/``."""
+Embedding page to the Register page, plays a tracked cycle on the Motion page (another server, with a cohort of
+cines), checks that no exception or unexpected error appears, and saves a screenshot of every page under
+``test-artifacts/``."""
 from __future__ import annotations
 
 import os
@@ -11,11 +12,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from conftest import app_environment
+from conftest import app_environment, motion_environment
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,11 +41,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_cohort):
-    """The app served on 127.0.0.1:<free port> with the test cohort and a random paper-sized checkpoint."""
-    folder = tmp_path_factory.mktemp("browser-env")
-    env = {**os.environ, **app_environment(folder, tiny_cohort), "PYTHONUNBUFFERED": "1"}
+@contextmanager
+def serve(folder: Path, app_env: dict[str, str]) -> Iterator[str]:
+    """The app served on 127.0.0.1:<free port> with the environment ``app_env``; its log in ``folder``."""
+    env = {**os.environ, **app_env, "PYTHONUNBUFFERED": "1"}
     port = free_port()
     log = open(folder / "streamlit.log", "w")
     process = subprocess.Popen(
@@ -74,7 +76,23 @@ def server(tmp_path_factory, tiny_cohort):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def server(tmp_path_factory, tiny_cohort):
+    """The app with the test cohort and a random paper-sized checkpoint."""
+    folder = tmp_path_factory.mktemp("browser-env")
+    with serve(folder, app_environment(folder, tiny_cohort)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def motion_server(tmp_path_factory):
+    """The app with a cohort of three small cines, a small model and a motion model (``motion_environment``)."""
+    folder = tmp_path_factory.mktemp("browser-motion")
+    with serve(folder, motion_environment(folder)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page():
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -176,7 +194,7 @@ def test_every_page_in_a_real_browser(server, page):
 
     open_page(tab, server, "", "cvae-reg")
     assert_no_errors(tab)
-    assert tab.locator('[data-testid="stPageLink"]').count() == 5
+    assert tab.locator('[data-testid="stPageLink"]').count() == 6
     shot(tab, "home")
 
     open_page(tab, server, "latent_walk", "Latent walk")
@@ -207,3 +225,22 @@ def test_every_page_in_a_real_browser(server, page):
     settle(tab)
     assert_no_errors(tab)
     assert tab.url.rstrip("/").endswith("/register")
+
+
+def test_motion_page_plays_the_cycle_in_a_real_browser(motion_server, page):
+    tab = page
+    open_page(tab, motion_server, "motion", "Motion")
+    assert_no_errors(tab)
+    assert tab.locator('[data-testid="stImage"] img').first.is_visible()  # the cine as acquired, a playing GIF
+    animation = tab.locator(".js-plotly-plot").filter(has=tab.locator(".updatemenu-button"))
+    assert animation.count() == 1
+    current = animation.locator(".slider-group > text.slider-label")  # the current frame, above the slider
+    assert current.text_content().strip() == "frame 1 ED"
+    animation.locator(".updatemenu-button").filter(has_text="play").click()
+    tab.wait_for_function("el => !el.textContent.includes('frame 1 ED')", arg=current.element_handle(),
+                          timeout=10_000)  # the animation runs
+    animation.locator(".updatemenu-button").filter(has_text="pause").click()
+    assert tab.get_by_text("LVEF", exact=True).first.is_visible()
+    assert tab.get_by_text("Simulate from the ED frame").first.is_visible()  # the motion model is there
+    assert_no_errors(tab)
+    shot(tab, "motion")

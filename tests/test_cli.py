@@ -63,6 +63,15 @@ def test_cvae_without_a_known_command_prints_the_commands(capsys):
     assert "unknown command 'fly'" in capsys.readouterr().err
 
 
+def test_only_the_console_script_lets_a_command_set_up_its_own_process(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("cvae.commands.register.own_process", lambda: calls.append("set up"))
+    for own_process in (False, True):
+        with pytest.raises(SystemExit):
+            cvae.cli.main(["register", "--help"], own_process=own_process)
+    assert calls == ["set up"]  # a test or the app calling main keeps its process as it is
+
+
 def test_run_command_prints_the_line_or_one_line_of_error(capsys):
     assert run_command("cvae x", lambda: "done: 3 files") == 0
     assert capsys.readouterr().out == "done: 3 files\n"

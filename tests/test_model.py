@@ -67,6 +67,17 @@ def test_register_and_decode_shapes():
     assert torch.allclose(r.warped, warp(moving, exponentiate(r.velocity, model.config.n_steps)), atol=1e-6)
 
 
+def test_the_inverse_integrated_in_one_batch_with_the_forward_map_is_bit_for_bit_exp_of_minus_v():
+    torch.manual_seed(0)
+    model = CVAERegistration(**SMALL).eval()
+    fixed, moving = ellipsoid_pair(SMALL["image_size"], 2.0)
+    codes = torch.randn(2, 16)
+    with torch.no_grad():
+        for r in (model.register(fixed, moving, inverse=True), model.decode(codes, moving, inverse=True)):
+            assert torch.equal(r.displacement, model.exponentiate(r.velocity))
+            assert torch.equal(r.inverse_displacement, model.exponentiate(-r.velocity))
+
+
 def test_loss_terms_and_a_few_steps_reduce_the_loss():
     torch.manual_seed(0)
     model = CVAERegistration(**SMALL, lam=500.0)

@@ -2,7 +2,8 @@
 
 Each kernel gets a private cache and temporary folder and one thread. When the shipped checkpoint
 ``checkpoints/synthetic-acdc`` is not there yet, a randomly initialised model of the default architecture stands in
-for it (through ``$CVAE_CHECKPOINTS``), so the notebooks' code paths are exercised either way.
+for it (through ``$CVAE_CHECKPOINTS``), so the notebooks' code paths are exercised either way; likewise notebook 4
+trains a tiny motion model for a few steps on its own cycles when ``checkpoints/motion-synthetic-acdc`` is missing.
 """
 from __future__ import annotations
 
@@ -138,6 +139,24 @@ def test_latent_space_notebook_encodes_classifies_and_transports(kernel_env: Pat
     assert len(_outputs(nb, "png")) == 3  # projections, transport, prior samples
 
 
+def test_motion_notebook_tracks_interpolates_simulates_and_transports(kernel_env: Path) -> None:
+    # renders its own subjects (no cohort needed); trains a tiny motion model if motion-synthetic-acdc is missing
+    nb = _run("04_motion.ipynb", kernel_env / "motion")
+    text = "\n".join(_outputs(nb, "text"))
+    assert "smoke run: 5-frame cycles" in text
+    tracked = re.findall(r"(DCM|NOR): 5 frames tracked in [\d.]+ s; tracked ES frame (\d+) \(Info.cfg: (\d+)\)", text)
+    assert [name for name, _, _ in tracked] == ["DCM", "NOR"], text
+    assert all(1 <= int(es) <= 5 and info == "3" for _, es, info in tracked)
+    epe = {method: (float(dcm), float(nor)) for method, dcm, nor in
+           re.findall(r"^(motion model|linear|cubic|no motion)\s+([\d.]+)\s+([\d.]+)$", text, re.MULTILINE)}
+    assert set(epe) == {"motion model", "linear", "cubic", "no motion"}, text
+    assert all(0 < value < 30 for pair in epe.values() for value in pair)
+    simulated = re.findall(r"(DCM|NOR): 1 simulated cycles, LVEF ([\d.]+) %", text)
+    assert [name for name, _ in simulated] == ["DCM", "NOR"] and all(0 <= float(ef) <= 100 for _, ef in simulated)
+    assert "NOR ED + DCM cycle" in text
+    assert len(_outputs(nb, "png")) == 7  # phase, frames, volumes, motion matrix, EPE, simulation, transport
+
+
 def test_parameters_are_injected_after_the_tagged_cell() -> None:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("A = 1", metadata={"tags": ["parameters"]}),
                                          nbformat.v4.new_code_cell("print(A)")])
@@ -168,4 +187,5 @@ def test_committed_notebooks_hold_small_outputs_of_a_full_run(name: str) -> None
     assert executor.leaked_paths(nb) == []
     assert executor.large_images(nb) == []
     assert not any("execution" in cell.metadata for cell in nb.cells)
-    assert "10 steps in" not in "\n".join(_outputs(nb, "text")), "fast-mode outputs were committed"
+    text = "\n".join(_outputs(nb, "text"))
+    assert "10 steps in" not in text and "smoke run" not in text, "fast-mode outputs were committed"

@@ -64,8 +64,7 @@ import gzip
 import io
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +76,7 @@ from cvae.data.foreign_image import SLAB_OFFSETS, acquire, bias_field, draw_cont
 from cvae.data.foreign_motion import carry_labels, es_points, support
 from cvae.data.foreign_params import Design, draw_design
 from cvae.data.acdc import check_splits
+from cvae.data.jobs import run_jobs
 from cvae.data.labels import GROUPS
 from cvae.io.atomic import atomic_folder, check_writable
 
@@ -269,17 +269,6 @@ def _make_and_save(job: tuple[str, int, int, int, str]) -> None:
     save_foreign_subject(make_foreign_subject(split, index, seed), split_dir, number)
 
 
-def _run(jobs: list[tuple[str, int, int, int, str]], workers: int) -> Iterator[None]:
-    """Do the jobs here (one worker) or in a process pool, yielding as each one ends."""
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield _make_and_save(job)
-        return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        for future in as_completed([pool.submit(_make_and_save, job) for job in jobs]):
-            yield future.result()
-
-
 def make_foreign_cohort(out: str | Path, n_train: int = 0, n_test: int = 100, seed: int = 0,
                         workers: int | None = None, progress: Callable[[int, int], None] | None = None,
                         splits: Sequence[str] = SPLITS) -> Path:
@@ -299,7 +288,7 @@ def make_foreign_cohort(out: str | Path, n_train: int = 0, n_test: int = 100, se
             for index in range(count) if split in splits]
     for split in splits:
         (out / split).mkdir(parents=True, exist_ok=True)
-    for done, _ in enumerate(_run(jobs, workers), start=1):
+    for done, _ in enumerate(run_jobs(_make_and_save, jobs, workers), start=1):
         if progress is not None:
             progress(done, len(jobs))
     return out

@@ -129,11 +129,21 @@ def displacement_to_crop_grid(displacement: np.ndarray, pair: PreprocessedPair) 
     if displacement.shape != (*shape, 3):
         raise ValueError(f"displacement must be {(*shape, 3)} (the input grid, 3 components), got "
                          f"{tuple(displacement.shape)}")
-    crop = np.asarray(pair.fixed.shape)
-    q = _source_coordinates(pair.original_affine, pair.affine, crop)
+    return displacement_to_grid(displacement, pair.original_affine, pair.affine, pair.fixed.shape)
+
+
+def displacement_to_grid(displacement: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray,
+                         dst_shape: Sequence[int]) -> np.ndarray:
+    """:func:`displacement_to_crop_grid` for any grids: ``displacement`` ``(X0, Y0, Z0, 3)`` in voxels of the grid
+    of ``src_affine`` -> ``(3, *dst_shape)`` float32 in voxels of the grid of ``dst_affine``."""
+    shape = displacement.shape[:3]
+    if displacement.ndim != 4 or displacement.shape[3] != 3:
+        raise ValueError(f"displacement must be (X, Y, Z, 3) on the input grid, got {tuple(displacement.shape)}")
+    crop = np.asarray(dst_shape)
+    q = _source_coordinates(src_affine, dst_affine, crop)
     edge = np.clip(q, 0, np.asarray(shape, dtype=np.float64).reshape(3, 1, 1, 1) - 1)
     moved = (q + np.stack([_sample(displacement[..., i], edge, order=1) for i in range(3)])).reshape(3, -1)
-    to_input = np.linalg.inv(np.asarray(pair.original_affine, dtype=np.float64)) @ pair.affine
+    to_input = np.linalg.inv(np.asarray(src_affine, dtype=np.float64)) @ dst_affine
     back = np.linalg.solve(to_input[:3, :3], moved - to_input[:3, 3:4]).reshape(3, *crop)
     return (back - np.indices(crop, dtype=np.float64)).astype(np.float32)
 

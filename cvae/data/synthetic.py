@@ -8,7 +8,7 @@ the ACDC layout, so every reader, trainer and evaluator of the project runs on i
     DIR/training/patient001/patient001_frame01_gt.nii.gz  ED labels, uint8 (0 bg, 1 RV, 2 LV myo, 3 LV cavity)
     DIR/training/patient001/patient001_frameYY[_gt].nii.gz  ES image and labels (YY = ES frame, 1-based)
     DIR/training/patient001/patient001_gt_displacement.nii.gz  float32 (X, Y, Z, 3), voxel units, ES(x) ~ ED(x + u(x))
-    DIR/training/patient001/patient001_4d.nii.gz        optional cine (X, Y, Z, T), with --cine
+    DIR/training/patient001/patient001_4d[_gt][_gt_displacement].nii.gz  with --cine: cine and exact truth per frame
     DIR/testing/patient235/...                          test numbering continues after training
 
 The model (teaching notes)
@@ -34,7 +34,8 @@ counter-clockwise, a few degrees; (3) RV shortening: the septum-to-free-wall gap
 incompressible radial LV map ``R_ed^2 = s r_es^2 + e Rc^2`` per slice, ``s`` the local longitudinal strain: the
 endocardium moves in, the wall thickens and the myocardial volume is conserved exactly. In an infarct territory the
 ejected fraction ``e`` drops to ~0 (akinetic). All motion fades to zero 30 mm outside the heart (chest wall, spine and
-liver stay still). ``--cine`` scales every motion amount by a cosine phase over the ``NbFrame`` frames.
+liver stay still). ``--cine`` scales every motion amount by the ACDC-like phase curve of
+:func:`cvae.data.synthetic_cycle.cycle_phase` over the ``NbFrame`` frames.
 
 **Groups** (ACDC definitions; ranges are uniform draws, the geometry is solved to hit them exactly, see
 :mod:`cvae.data.synthetic_params`). Indexed volumes are per m^2 of Mosteller BSA from Info.cfg's height and weight.
@@ -67,8 +68,7 @@ from ``(split, 2, k, frame)``; groups come in blocks of five (one per group, ord
 So a subject never depends on how many others are generated, train and test streams are disjoint, and the gzip
 streams are written with mtime 0 and no file name: same seed, byte-identical files.
 
-(A subject from its parameters to its files, in one place; the anatomy, the motion and the parameter draws live in
-``synthetic_anatomy``, ``synthetic_motion`` and ``synthetic_params``.)
+(A subject from its parameters to its files; anatomy, motion, parameters and cycle live in ``synthetic_*`` modules.)
 """
 from __future__ import annotations
 
@@ -77,7 +77,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +85,11 @@ import numpy as np
 from scipy import ndimage
 
 from cvae.data.acdc import check_splits
+from cvae.data.jobs import run_jobs
 from cvae.io.atomic import check_writable
 from cvae.data.labels import GROUPS
 from cvae.data.synthetic_anatomy import NO_TISSUE, body_classes, ed_scene, heart_classes, intensity_table
+from cvae.data.synthetic_cycle import DISPLACEMENT_STEP, TRUTH_SUFFIXES, displacement_steps, render_cycle
 from cvae.data.synthetic_motion import es_to_ed
 from cvae.data.synthetic_params import SubjectParams, sample_subject
 
@@ -105,7 +106,8 @@ _GZIP_LEVEL = 1
 @dataclass
 class SyntheticSubject:
     """One generated subject: images int16 and labels uint8 ``(X, Y, Z)``, displacement float32 ``(X, Y, Z, 3)`` in
-    voxels (``ES(x) ~ ED(x + u(x))``), optional cine int16 ``(X, Y, Z, T)``, and the parameters that made it."""
+    voxels (``ES(x) ~ ED(x + u(x))``), the parameters that made it, and with ``cine`` the whole cycle: images int16
+    and exact labels uint8 ``(X, Y, Z, T)``, exact ED -> frame displacements float32 ``(X, Y, Z, T, 3)``."""
 
     split: str
     index: int
@@ -115,7 +117,9 @@ class SyntheticSubject:
     ed_label: np.ndarray
     es_label: np.ndarray
     displacement: np.ndarray
-    cine: np.ndarray | None
+    cine: np.ndarray | None = None
+    cine_labels: np.ndarray | None = None
+    cine_displacement: np.ndarray | None = None
 
     @property
     def group(self) -> str:
@@ -278,19 +282,11 @@ def _acquire(relative: np.ndarray, bias: np.ndarray, p: SubjectParams, rng: np.r
     return np.clip(np.rint(magnitude), 0, 32767).astype(np.int16)
 
 
-def _cine_phase(frame: int, nb_frame: int, es_frame: int) -> float:
-    """Contraction phase in [0, 1] of 1-based ``frame``: 0 at ED (frame 1), 1 at ES, cosine in between."""
-    if frame <= es_frame:
-        return 0.5 * (1.0 - math.cos(math.pi * (frame - 1) / (es_frame - 1)))
-    return 0.5 * (1.0 + math.cos(math.pi * (frame - es_frame) / (nb_frame + 1 - es_frame)))
-
-
 def make_subject(split: str = "training", index: int = 0, seed: int = 0, cine: bool = False) -> SyntheticSubject:
     """Generate subject ``index`` (0-based) of ``split`` under ``seed``; independent of every other subject.
 
     The ED frame is the anatomy itself, the ES frame the anatomy pulled back by the exact motion map. With ``cine``
-    all ``NbFrame`` frames are rendered (the ED and ES frames are the same arrays as without it).
-    """
+    all ``NbFrame`` frames are rendered (the ED and ES frames are the same arrays as without it)."""
     split_id = _split_id(split)
     index, seed = _check_int("index", index), _check_int("seed", seed)
     p = sample_subject(group_of(split, index, seed), _rng(seed, split_id, 1, index))
@@ -304,33 +300,35 @@ def make_subject(split: str = "training", index: int = 0, seed: int = 0, cine: b
     ed_image = image(relative, 1)
     relative, es_label, displacement = renderer.frame(1.0)
     es_image = image(relative, p.es_frame)
-    movie = None
+    subject = SyntheticSubject(split, index, p, ed_image, es_image, ed_label, es_label, displacement)
     if cine:
-        frames = {1: ed_image, p.es_frame: es_image}
-        for t in range(2, p.nb_frame + 1):
-            if t not in frames:
-                frames[t] = image(renderer.frame(_cine_phase(t, p.nb_frame, p.es_frame))[0], t)
-        movie = np.stack([frames[t] for t in range(1, p.nb_frame + 1)], axis=-1)
-    return SyntheticSubject(split, index, p, ed_image, es_image, ed_label, es_label, displacement, movie)
+        known = {1: (ed_image, ed_label, None), p.es_frame: (es_image, es_label, displacement)}
+        subject.cine, subject.cine_labels, subject.cine_displacement = render_cycle(
+            renderer.frame, image, p.nb_frame, p.es_frame, known)
+    return subject
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # writing
 
 
-def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dt: float | None = None) -> None:
-    """Gzipped NIfTI-1 written byte-for-byte reproducibly (gzip mtime 0, no file name in the gzip header)."""
+def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dt: float | None = None,
+                 slope: float | None = None) -> None:
+    """Gzipped NIfTI-1 written reproducibly (gzip mtime 0, no file name); ``slope``: ``scl_slope`` of coded reals."""
     image = nib.Nifti1Image(data, affine)
+    if slope is not None:
+        image.header.set_slope_inter(slope, 0.0)
     image.header.set_xyzt_units("mm", "msec")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     if dt is not None:
-        image.header.set_zooms((*image.header.get_zooms()[:3], dt))
+        zooms = image.header.get_zooms()
+        image.header.set_zooms((*zooms[:3], dt, *zooms[4:]))
     path.write_bytes(gzip.compress(image.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0))
 
 
 def save_subject(subject: SyntheticSubject, split_dir: str | Path, number: int) -> Path:
-    """Write ``subject`` as ``<split_dir>/patientNNN/`` in the ACDC layout; returns the patient folder."""
+    """Write ``subject`` as ``<split_dir>/patientNNN/`` in the ACDC layout (a cine with its truth); returns it."""
     number = _check_int("number", number, minimum=1)
     stem = f"patient{number:03d}"
     folder = Path(split_dir) / stem
@@ -346,8 +344,11 @@ def save_subject(subject: SyntheticSubject, split_dir: str | Path, number: int) 
     _write_nifti(folder / f"{stem}_frame{es:02d}_gt.nii.gz", subject.es_label, affine)
     _write_nifti(folder / f"{stem}_gt_displacement.nii.gz", subject.displacement, affine)
     if subject.cine is not None:
-        dt = 60000.0 / subject.params.heart_rate / subject.params.nb_frame
-        _write_nifti(folder / f"{stem}_4d.nii.gz", subject.cine, affine, dt=round(dt, 3))
+        dt = round(60000.0 / subject.params.heart_rate / subject.params.nb_frame, 3)
+        labels, field = (folder / f"{stem}{suffix}" for suffix in TRUTH_SUFFIXES)
+        _write_nifti(folder / f"{stem}_4d.nii.gz", subject.cine, affine, dt=dt)
+        _write_nifti(labels, subject.cine_labels, affine, dt=dt)
+        _write_nifti(field, displacement_steps(subject.cine_displacement), affine, dt=dt, slope=DISPLACEMENT_STEP)
     return folder
 
 
@@ -383,17 +384,7 @@ def make_cohort(
     jobs += [("testing", k, n_train + k + 1, seed, cine, str(out)) for k in range(n_test) if "testing" in splits]
     for split in splits:
         (out / split).mkdir(parents=True, exist_ok=True)
-    total = len(jobs)
-    if workers == 1 or total <= 1:
-        for done, job in enumerate(jobs, start=1):
-            _make_and_save(job)
-            if progress is not None:
-                progress(done, total)
-        return out
-    with ProcessPoolExecutor(max_workers=min(workers, total)) as pool:
-        futures = [pool.submit(_make_and_save, job) for job in jobs]
-        for done, future in enumerate(as_completed(futures), start=1):
-            future.result()
-            if progress is not None:
-                progress(done, total)
+    for done, _ in enumerate(run_jobs(_make_and_save, jobs, workers), start=1):
+        if progress is not None:
+            progress(done, len(jobs))
     return out

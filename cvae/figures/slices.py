@@ -163,13 +163,15 @@ def image_trace(image2d: np.ndarray, name: str = "image", colorscale: str = "gra
     return {**trace, **kwargs}
 
 
-def contour_traces(label2d: np.ndarray, dash: str = "solid", legend: bool = False) -> list[dict]:
-    """One contour line (level 0.5 of the mask) per ACDC label value present in the 2-D label slice."""
+def contour_traces(label2d: np.ndarray, dash: str = "solid", legend: bool = False, every: bool = False
+                   ) -> list[dict]:
+    """One contour line (level 0.5 of the mask) per ACDC label value present in the 2-D label slice (with ``every``,
+    per label value even when absent: the frames of an animation need the same traces)."""
     label2d = np.asarray(label2d)
     traces = []
     for value, (name, colour) in LABEL_STYLE.items():
         mask = label2d == value
-        if mask.any():
+        if mask.any() or every:
             traces.append(dict(
                 type="contour", z=mask.astype(np.uint8), name=name, legendgroup=name, showlegend=legend,
                 showscale=False, contours=dict(start=0.5, end=0.5, size=1.0, coloring="lines"),

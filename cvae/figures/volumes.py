@@ -48,7 +48,7 @@ def _unit_interval(low: float, high: float) -> list[float]:
 
 
 @dataclass
-class _Panels:
+class Panels:
     """A rows x cols grid of image panels showing slices of ``shape`` (rows, cols): axis domains and ranges, titles,
     and where each panel's traces go. Axis ranges are fixed to the slice, so a grid line leaving it is clipped."""
 
@@ -140,7 +140,7 @@ def registration_figure(volumes: RegistrationVolumes, view: str, index: int, gri
               (("fixed", v.fixed_label), ("moving", v.moving_label), ("warped", v.warped_label)) if lab is not None}
     titles = ("fixed (ES)", "moving (ED) + deformed grid", "warped: moving ∘ φ", "difference fixed − warped",
               "displacement |u| (mm)", "Jacobian det J")
-    p = _Panels(2, 3, titles, view_aspect(view, v.spacing), cut["fixed"].shape, hspace=0.07,
+    p = Panels(2, 3, titles, view_aspect(view, v.spacing), cut["fixed"].shape, hspace=0.07,
                 vspace=0.07)
     traces = [p.place(image_trace(cut["fixed"], "fixed"), 1), p.place(image_trace(cut["moving"], "moving"), 2),
               p.place(grid_trace(in_plane_displacement(v.displacement, view, index), grid_step), 2),
@@ -166,7 +166,7 @@ def deformation_figure(moving: np.ndarray, warped: np.ndarray, displacement: np.
                        height: int | None = None) -> go.Figure:
     """Four panels of a decoded deformation of ``moving``: image + grid, warped image, |u| in mm, det J."""
     jac = extract_slice(jacobian, view, index)
-    p = _Panels(1, 4, titles, view_aspect(view, spacing), jac.shape, hspace=0.06)
+    p = Panels(1, 4, titles, view_aspect(view, spacing), jac.shape, hspace=0.06)
     traces = [p.place(image_trace(extract_slice(moving, view, index), "ED"), 1),
               p.place(grid_trace(in_plane_displacement(displacement, view, index), grid_step), 1),
               p.place(image_trace(extract_slice(warped, view, index), "deformed"), 2)]
@@ -209,7 +209,7 @@ def walk_animation(slices: Sequence[np.ndarray], values: Sequence[float], label:
 def uncertainty_figure(image2d: np.ndarray, std2d: np.ndarray, aspect: float = 1.0, unit: str = "mm",
                        height: int = 360) -> go.Figure:
     """Two panels: the image, and the posterior standard deviation of the displacement (``unit``)."""
-    p = _Panels(1, 2, ("ED image", f"posterior std of the displacement ({unit})"), aspect, np.shape(image2d),
+    p = Panels(1, 2, ("ED image", f"posterior std of the displacement ({unit})"), aspect, np.shape(image2d),
                 hspace=0.08)
     return p.figure([p.place(image_trace(image2d, "ED"), 1),
                      p.place(image_trace(std2d, "std", colorscale="Magma", zmax=None, unit=unit, showscale=True,
@@ -220,7 +220,7 @@ def transport_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray | None]]
                      spacing: Sequence[float], height: int | None = None) -> go.Figure:
     """One panel per ``(title, image (X, Y, Z), label (X, Y, Z) or None)``, same slice, with label contours."""
     shape = extract_slice(panels[0][1], view, index).shape
-    p = _Panels(1, len(panels), [title for title, _, _ in panels], view_aspect(view, spacing), shape, hspace=0.03)
+    p = Panels(1, len(panels), [title for title, _, _ in panels], view_aspect(view, spacing), shape, hspace=0.03)
     traces = []
     for panel, (title, image, label) in enumerate(panels, start=1):
         traces.append(p.place(image_trace(extract_slice(image, view, index), title), panel))

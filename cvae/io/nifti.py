@@ -34,6 +34,8 @@ __all__ = ["NIFTI_INTENT_VECTOR", "RAS_TO_LPS", "save_volume", "save_vector_fiel
 NIFTI_INTENT_VECTOR = 1007
 #: Flip of the first two world axes: NIfTI's RAS+ <-> ITK's LPS (its own inverse).
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+#: The same flip as signs of the components (float32).
+_LPS_SIGNS = np.float32([-1.0, -1.0, 1.0])
 
 
 def _check_affine(affine: np.ndarray) -> np.ndarray:
@@ -76,12 +78,13 @@ def save_vector_field(path: str | os.PathLike, field_ras_mm: np.ndarray, affine:
 
     The file holds ``(X, Y, Z, 1, 3)`` float32 LPS components, intent 1007.
     """
-    field = np.asarray(field_ras_mm, dtype=np.float64)
+    field = np.asarray(field_ras_mm).astype(np.float32, copy=False)
     if field.ndim != 4 or field.shape[3] != 3:
         raise ValueError(f"field must be (X, Y, Z, 3) in mm, got shape {field.shape}")
     if not np.isfinite(field).all():
         raise ValueError("field contains NaN or infinite values")
-    lps = (field @ RAS_TO_LPS.T).astype(np.float32)[:, :, :, None, :]
+    # ``field @ RAS_TO_LPS.T`` in float32: negating is exact, and "+ 0" turns a negated 0 into +0 as the product does
+    lps = (field * _LPS_SIGNS + np.float32(0.0))[:, :, :, None, :]
     image = _header_image(lps, _check_affine(affine))
     image.header.set_intent(NIFTI_INTENT_VECTOR, (), "displacement mm (ITK LPS)")
     path = Path(path)

@@ -38,7 +38,8 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from cvae.evaluation.metrics import mean_displacement_mm, mean_scores, negative_
 from cvae.fields import image_tensor
 from cvae.io.atomic import atomic_folder, check_writable, earlier_outputs
 from cvae.io.nifti import save_vector_field, save_volume
+from cvae.model import RegistrationResult
 from cvae.optimize import OptimizeSettings, register_optimized
 
 __all__ = ["register_files", "crop_coordinates", "field_to_world", "warp_to_grid", "OUTPUT_FILES"]
@@ -164,12 +166,24 @@ def warp_to_grid(volume: np.ndarray, volume_affine: np.ndarray, target_affine: n
     linear (float32), 0 nearest (keeps the dtype, for labels). As ITK's resampler: points within half a voxel of the
     volume's edge take the edge value, points further out are 0.
     """
-    volume = np.asarray(volume)
+    points = _source_points(volume_affine, target_affine, target_shape, displacement)
+    return _sample_at(np.asarray(volume), points, order).reshape(tuple(int(n) for n in target_shape))
+
+
+def _source_points(volume_affine: np.ndarray, target_affine: np.ndarray, target_shape: tuple[int, ...],
+                   displacement: np.ndarray | None = None) -> np.ndarray:
+    """Voxel coordinates ``(3, N)``, on the grid of ``volume_affine``, of ``x + d(x)`` for every voxel ``x`` of the
+    target grid (C order); ``displacement`` as for :func:`warp_to_grid`."""
     world = _world_points(np.asarray(target_affine, dtype=np.float64), target_shape)
     if displacement is not None:
         world = world + np.asarray(displacement, dtype=np.float64).reshape(-1, 3).T
     index = np.linalg.inv(np.asarray(volume_affine, dtype=np.float64)) @ np.vstack([world, np.ones(world.shape[1])])
-    index = index[:3]
+    return index[:3]
+
+
+def _sample_at(volume: np.ndarray, index: np.ndarray, order: int) -> np.ndarray:
+    """``volume`` ``(X, Y, Z)`` at the voxel coordinates ``index`` ``(3, N)``: ``(N,)``, 0 more than half a voxel
+    outside (``order`` as for :func:`warp_to_grid`)."""
     upper = np.asarray(volume.shape, dtype=np.float64)[:, None] - 0.5
     outside = ((index < -0.5) | (index > upper)).any(axis=0)
     if order == 1:
@@ -182,7 +196,7 @@ def warp_to_grid(volume: np.ndarray, volume_affine: np.ndarray, target_affine: n
     else:
         raise ValueError(f"order must be 0 (nearest, labels) or 1 (linear, images), got {order}")
     out[outside] = 0
-    return out.reshape(tuple(int(n) for n in target_shape))
+    return out
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -198,12 +212,21 @@ def _scores(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray) -> dict[str,
     return structure_scores(pred, ref, [float(s) for s in spacing])
 
 
-def _segmentation_metrics(inputs: _Inputs, warped_seg: np.ndarray) -> dict[str, Any]:
-    """Dice/HD95 per structure of the warped and of the unregistered moving segmentation, on the fixed grid."""
+def _unregistered_scores(inputs: _Inputs) -> dict[str, dict[str, float]]:
+    """Dice/HD95 per structure of the moving segmentation resampled onto the fixed grid (nearest neighbour)."""
+    unregistered = inputs.moving_seg  # on the fixed grid itself, nearest-neighbour resampling changes nothing
+    if inputs.moving_seg.shape != inputs.fixed.shape or not np.array_equal(inputs.moving_affine, inputs.fixed_affine):
+        unregistered = warp_to_grid(inputs.moving_seg, inputs.moving_affine, inputs.fixed_affine, inputs.fixed.shape,
+                                    order=0)
+    return _scores(unregistered, inputs.fixed_seg, np.sqrt((inputs.fixed_affine[:3, :3] ** 2).sum(axis=0)))
+
+
+def _segmentation_metrics(inputs: _Inputs, warped_seg: np.ndarray, before: dict[str, dict[str, float]]
+                          ) -> dict[str, Any]:
+    """Dice/HD95 per structure of the warped and (``before``, :func:`_unregistered_scores`) of the unregistered
+    moving segmentation, on the fixed grid."""
     spacing = np.sqrt((inputs.fixed_affine[:3, :3] ** 2).sum(axis=0))
-    unregistered = warp_to_grid(inputs.moving_seg, inputs.moving_affine, inputs.fixed_affine, inputs.fixed.shape,
-                                order=0)
-    after, before = _scores(warped_seg, inputs.fixed_seg, spacing), _scores(unregistered, inputs.fixed_seg, spacing)
+    after = _scores(warped_seg, inputs.fixed_seg, spacing)
     structures = {name: {"dice": after[name]["dice"], "hd95_mm": after[name]["hd95"],
                          "dice_unregistered": before[name]["dice"], "hd95_mm_unregistered": before[name]["hd95"]}
                   for name in after}
@@ -212,6 +235,47 @@ def _segmentation_metrics(inputs: _Inputs, warped_seg: np.ndarray) -> dict[str, 
                "dice_unregistered_mean": mean_before["dice"], "hd95_mm_unregistered_mean": mean_before["hd95"]}
     return {"structures": structures, **summary, "evaluated_on": "fixed image grid, spacing "
             + " x ".join(f"{s:.3g}" for s in spacing) + " mm"}
+
+
+def _resample_and_save(tmp: Path, inputs: _Inputs, pair: PreprocessedPair, result: RegistrationResult,
+                       metrics: dict[str, Any], extra: dict[str, Any]) -> tuple[list[str], float]:
+    """Bring the crop-grid ``result`` onto the fixed grid and write the NIfTI outputs into ``tmp``; adds
+    ``max_displacement_mm``, then ``extra``, then the segmentation scores to ``metrics``. Returns the names of the
+    files written and the ``time.perf_counter()`` at which the last volume was computed.
+
+    Each file is compressed in the background as soon as its volume is ready, while the next one is computed, and
+    the unregistered segmentation is scored in the background from the start (compression, scipy's distance
+    transforms, most NumPy work and torch release the GIL). The warped image and segmentation share their sample
+    points.
+    """
+    shape, affine = inputs.fixed.shape, inputs.fixed_affine
+    scored = inputs.fixed_seg is not None and inputs.moving_seg is not None
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        unregistered = pool.submit(_unregistered_scores, inputs) if scored else None
+        writes: dict[str, Future] = {}
+
+        def save(name: str, writer: Callable[..., Path], array: np.ndarray, *dtype: type) -> None:
+            writes[name] = pool.submit(writer, tmp / name, array, affine, *dtype)
+
+        fields = field_to_world(torch.cat([result.displacement, result.inverse_displacement, result.velocity]),
+                                pair.affine, affine, shape)
+        for name, field in zip(("displacement.nii.gz", "inverse_displacement.nii.gz", "velocity.nii.gz"), fields):
+            save(name, save_vector_field, field)
+        metrics["max_displacement_mm"] = float(np.linalg.norm(fields[0], axis=-1).max())
+        metrics.update(extra)
+        points = _source_points(inputs.moving_affine, affine, shape, fields[0])
+        save("warped.nii.gz", save_volume, _sample_at(inputs.moving, points, 1).reshape(shape), np.float32)
+        jacobian = resample_to_grid(result.jacobian[0].numpy(), pair.affine, affine, shape, order=1, cval=1.0)
+        save("jacobian.nii.gz", save_volume, jacobian, np.float32)
+        if inputs.moving_seg is not None:
+            warped_seg = _sample_at(inputs.moving_seg, points, 0).reshape(shape)
+            save("warped_seg.nii.gz", save_volume, warped_seg, np.uint8)
+            if unregistered is not None:
+                metrics["segmentation"] = _segmentation_metrics(inputs, warped_seg, unregistered.result())
+        resampled = time.perf_counter()
+        for job in writes.values():
+            job.result()
+    return list(writes), resampled
 
 
 def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str | os.PathLike,
@@ -268,41 +332,21 @@ def register_files(fixed: str | os.PathLike, moving: str | os.PathLike, out: str
             result = model.register(fixed_t, moving_t, inverse=True).to("cpu")
     registered = time.perf_counter()
 
-    shape, affine = inputs.fixed.shape, inputs.fixed_affine
-    displacement, inverse, velocity = field_to_world(
-        torch.cat([result.displacement, result.inverse_displacement, result.velocity]), pair.affine, affine, shape)
-    volumes = {"warped.nii.gz": warp_to_grid(inputs.moving, inputs.moving_affine, affine, shape, displacement, 1),
-               "jacobian.nii.gz": resample_to_grid(result.jacobian[0].numpy(), pair.affine, affine, shape, order=1,
-                                                   cval=1.0)}
-    fields = {"displacement.nii.gz": displacement, "inverse_displacement.nii.gz": inverse,
-              "velocity.nii.gz": velocity}
     metrics: dict[str, Any] = {
         "fixed": str(fixed), "moving": str(moving), "checkpoint": str(checkpoint), "device": str(model.device),
         "model_grid": {"size": list(size), "spacing_mm": list(spacing)},
         "negative_jacobian_fraction": negative_jacobian_fraction(result.jacobian),
         "mean_displacement_mm": mean_displacement_mm(result.displacement, spacing),
-        "max_displacement_mm": float(np.linalg.norm(displacement, axis=-1).max()),
     }
+    extra: dict[str, Any] = {}
     if refinement is not None:
-        key = "refinement" if refine_steps else "optimization"
-        metrics[key] = {"steps": int(refine_steps or sum(refinement.steps)),
-                        "lcc_before": float(refinement.lcc_before[0]), "lcc_after": float(refinement.lcc_after[0])}
-    if inputs.moving_seg is not None:
-        warped_seg = warp_to_grid(inputs.moving_seg, inputs.moving_affine, affine, shape, displacement, 0)
-        volumes["warped_seg.nii.gz"] = warped_seg
-        if inputs.fixed_seg is not None:
-            metrics["segmentation"] = _segmentation_metrics(inputs, warped_seg)
-    resampled = time.perf_counter()
+        extra["refinement" if refine_steps else "optimization"] = {
+            "steps": int(refine_steps or sum(refinement.steps)),
+            "lcc_before": float(refinement.lcc_before[0]), "lcc_after": float(refinement.lcc_after[0])}
 
     def write(tmp: Path) -> None:
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # compression releases the GIL: files in parallel
-            jobs = [pool.submit(save_volume, tmp / name, volume, affine,
-                                np.uint8 if name == "warped_seg.nii.gz" else np.float32)
-                    for name, volume in volumes.items()]
-            jobs += [pool.submit(save_vector_field, tmp / name, field, affine) for name, field in fields.items()]
-            for job in jobs:
-                job.result()
-        metrics["files"] = sorted([*volumes, *fields, "metrics.json"])
+        written, resampled = _resample_and_save(tmp, inputs, pair, result, metrics, extra)
+        metrics["files"] = sorted([*written, "metrics.json"])
         metrics["seconds"] = {"preprocessing": preprocessed - start, "registration": registered - preprocessed,
                               "resampling": resampled - registered,
                               "writing": time.perf_counter() - resampled, "total": time.perf_counter() - start}

@@ -11,7 +11,8 @@ path) and says what to do, so the app can show it as is::
 Accepted: 3-D NIfTI volumes (``.nii`` or ``.nii.gz``, a trailing singleton 4th axis is dropped), finite values, not
 constant; fixed and moving on the same grid (shape and affine); optional ACDC segmentations (values 0-3) on the grid
 of their image; each file at most :data:`MAX_UPLOAD_MB` (the same limit as ``server.maxUploadSize`` in
-``.streamlit/config.toml``).
+``.streamlit/config.toml``). A cine to track (:func:`staged_cine`) is one 4-D NIfTI ``(X, Y, Z, T)`` of at least 2
+frames, with an optional segmentation of its ED frame on the grid of its frames.
 """
 from __future__ import annotations
 
@@ -24,16 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from cvae.data.volumes import ACDCError, load_label, load_nifti
+from cvae.data.volumes import ACDCError, load_cine, load_label, load_nifti
 from cvae.data.preprocess import PreprocessedPair, preprocess_image_pair
 
-__all__ = ["MAX_UPLOAD_MB", "ROLES", "UploadError", "Upload", "StagedPair", "check_upload", "stage_uploads",
-           "staged_uploads"]
+__all__ = ["MAX_UPLOAD_MB", "ROLES", "CINE_ROLES", "UploadError", "Upload", "StagedPair", "StagedCine", "check_upload",
+           "stage_uploads", "staged_uploads", "stage_cine", "staged_cine"]
 
 #: Largest accepted file, in MB (keep equal to ``server.maxUploadSize`` in ``.streamlit/config.toml``).
 MAX_UPLOAD_MB = 200
 #: The four uploads of a registration, in order: images first, then their optional segmentations.
 ROLES: tuple[str, ...] = ("fixed", "moving", "fixed_seg", "moving_seg")
+#: The uploads of a cine to track: the 4-D cine and the optional segmentation of its ED frame.
+CINE_ROLES: tuple[str, ...] = ("cine", "ed_seg")
 _SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -73,19 +76,34 @@ class StagedPair:
             raise UploadError(f"the uploaded pair cannot be preprocessed: {_first_line(exc)}") from None
 
 
+@dataclass
+class StagedCine:
+    """A validated cine upload written to ``folder``: ``paths[role]``, the cine ``(X, Y, Z, T)`` float32, its
+    voxel-to-world ``affine`` (4, 4), ``spacing`` (mm), frame interval ``frame_ms`` (ms, ``None`` when the header does
+    not say) and the ED segmentation ``(X, Y, Z)`` uint8 or ``None``."""
+
+    folder: Path
+    paths: dict[str, Path]
+    cine: np.ndarray
+    affine: np.ndarray
+    spacing: np.ndarray
+    frame_ms: float | None
+    ed_seg: np.ndarray | None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _label(role: str) -> str:
-    return role.replace("_seg", " segmentation")
+    return "ED segmentation" if role == "ed_seg" else role.replace("_seg", " segmentation")
 
 
 def check_upload(role: str, upload: Upload, max_mb: float = MAX_UPLOAD_MB) -> str:
     """Check name, size and magic bytes of one upload without reading it; returns its suffix (``.nii[.gz]``)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown upload role {role!r}: use one of {', '.join(ROLES)}")
+    if role not in ROLES + CINE_ROLES:
+        raise ValueError(f"unknown upload role {role!r}: use one of {', '.join(ROLES + CINE_ROLES)}")
     name = Path(upload.name).name
     suffix = next((s for s in _SUFFIXES if name.lower().endswith(s)), None)
     if suffix is None:
@@ -102,20 +120,25 @@ def check_upload(role: str, upload: Upload, max_mb: float = MAX_UPLOAD_MB) -> st
     return suffix
 
 
-def _load(role: str, upload: Upload, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Load a staged file; ``ACDCError`` messages name the upload instead of the temporary path."""
+def _load(role: str, upload: Upload, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
+    """Load a staged file as ``(data, affine, spacing, frame interval in ms of a cine or None)``; ``ACDCError``
+    messages name the upload instead of the temporary path."""
+    frame_ms = None
     try:
         if role.endswith("_seg"):
             label, affine = load_label(path)
-            return label, affine, np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-        data, affine, spacing = load_nifti(path)
+            return label, affine, np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), None
+        if role == "cine":
+            data, affine, spacing, frame_ms = load_cine(path)
+        else:
+            data, affine, spacing = load_nifti(path)
     except ACDCError as exc:
         message = _first_line(exc).replace(f"{path}: ", "").replace(str(path), upload.name)
         raise UploadError(f"{_label(role)} file {upload.name!r}: {message}") from None
     if data.min() == data.max():
         raise UploadError(f"{_label(role)} file {upload.name!r} is constant (all voxels = {data.flat[0]:g}): "
                           "it holds no image")
-    return data, affine, spacing
+    return data, affine, spacing, frame_ms
 
 
 def stage_uploads(folder: str | os.PathLike, fixed: Upload | None, moving: Upload | None,
@@ -142,7 +165,7 @@ def stage_uploads(folder: str | os.PathLike, fixed: Upload | None, moving: Uploa
         path.write_bytes(upload.data)
         paths[role] = path
         volumes[role] = _load(role, upload, path)
-    (f, f_affine, spacing), (m, m_affine, _) = volumes["fixed"], volumes["moving"]
+    (f, f_affine, spacing, _), (m, m_affine, _, _) = volumes["fixed"], volumes["moving"]
     if f.shape != m.shape:
         raise UploadError(f"fixed {f.shape} and moving {m.shape} images have different sizes: upload two frames of "
                           "the same acquisition (same grid)")
@@ -151,7 +174,7 @@ def stage_uploads(folder: str | os.PathLike, fixed: Upload | None, moving: Uploa
                           "same acquisition (same grid)")
     for role, image in (("fixed_seg", "fixed"), ("moving_seg", "moving")):
         if role in volumes:
-            label, label_affine, _ = volumes[role]
+            label, label_affine, _, _ = volumes[role]
             if label.shape != f.shape or not np.allclose(label_affine, f_affine, atol=1e-3):
                 raise UploadError(f"{_label(role)} {label.shape} is not on the grid of the {image} image {f.shape}: "
                                   f"upload the segmentation of that image")
@@ -166,3 +189,40 @@ def staged_uploads(fixed: Upload | None, moving: Upload | None, fixed_seg: Uploa
     """:func:`stage_uploads` into a fresh temporary folder that is removed on exit, whatever happens."""
     with tempfile.TemporaryDirectory(prefix="cvae-upload-") as tmp:
         yield stage_uploads(tmp, fixed, moving, fixed_seg, moving_seg, max_mb)
+
+
+def stage_cine(folder: str | os.PathLike, cine: Upload | None, ed_seg: Upload | None = None,
+               max_mb: float = MAX_UPLOAD_MB) -> StagedCine:
+    """Check, write (as ``<folder>/<role>.nii[.gz]``) and load the uploads of a cine to track.
+
+    Raises :class:`UploadError` for a missing cine, a file that is not a readable 4-D NIfTI of at least 2 frames
+    (3-D, corrupt, NaN, constant), or an ED segmentation that is not on the grid of the cine's frames or has values
+    outside 0-3.
+    """
+    if cine is None:
+        raise UploadError("no cine: upload a 4-D NIfTI cine (X, Y, Z, T)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, volumes = {}, {}
+    for role, upload in zip(CINE_ROLES, (cine, ed_seg)):
+        if upload is not None:
+            paths[role] = folder / f"{role}{check_upload(role, upload, max_mb)}"
+            paths[role].write_bytes(upload.data)
+            volumes[role] = _load(role, upload, paths[role])
+    images, affine, spacing, frame_ms = volumes["cine"]
+    label = None
+    if "ed_seg" in volumes:
+        label, label_affine, _, _ = volumes["ed_seg"]
+        if label.shape != images.shape[:3] or not np.allclose(label_affine, affine, atol=1e-3):
+            raise UploadError(f"ED segmentation {label.shape} is not on the grid of the cine's frames "
+                              f"{images.shape[:3]}: upload the segmentation of the cine's ED frame")
+    return StagedCine(folder=folder, paths=paths, cine=images, affine=affine, spacing=spacing, frame_ms=frame_ms,
+                      ed_seg=label)
+
+
+@contextmanager
+def staged_cine(cine: Upload | None, ed_seg: Upload | None = None,
+                max_mb: float = MAX_UPLOAD_MB) -> Iterator[StagedCine]:
+    """:func:`stage_cine` into a fresh temporary folder that is removed on exit, whatever happens."""
+    with tempfile.TemporaryDirectory(prefix="cvae-upload-") as tmp:
+        yield stage_cine(tmp, cine, ed_seg, max_mb)

@@ -58,7 +58,10 @@ class Tracking:
     ``codes`` ``(T, d)``: the code ``mu`` of the registration ED -> frame; ``folding`` ``(T,)``: fraction of crop
     voxels with det J <= 0; ``motion_mm`` ``(T,)``: mean displacement (mm) over the crop grid; ``labels`` ``(X, Y,
     Z, T)`` uint8 on the cine's grid and ``volumes`` (one dict of :data:`VOLUME_COLUMNS` per frame, mL) when an ED
-    segmentation was given; ``frame_ms``: the frame interval, if the file says it.
+    segmentation was given; ``frame_ms``: the frame interval, if the file says it; ``ed_crop`` ``(X, Y, Z)``: the
+    ED frame on the model's crop grid (voxel-to-world ``crop_affine``), the image the codes decode on; ``fields``
+    ``(T, 3, X, Y, Z)`` and ``crop_frames`` ``(T, X, Y, Z)``: the displacements (voxels) and the frames on that grid,
+    when asked for.
     """
 
     ed_frame: int
@@ -68,6 +71,10 @@ class Tracking:
     labels: np.ndarray | None = None
     volumes: list[dict[str, float]] | None = None
     frame_ms: float | None = None
+    ed_crop: np.ndarray | None = None
+    crop_affine: np.ndarray | None = None
+    fields: np.ndarray | None = None
+    crop_frames: np.ndarray | None = None
 
     @property
     def frames(self) -> int:
@@ -120,11 +127,12 @@ def _crop_frames(cine: np.ndarray, affine: np.ndarray, ed_frame: int, ed_label: 
 @torch.no_grad()
 def track_cine(model: CVAERegistration, cine: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float],
                ed_frame: int = 1, ed_label: np.ndarray | None = None, frame_ms: float | None = None,
-               batch_size: int = 4) -> Tracking:
+               batch_size: int = 4, carry_labels: bool = True, keep_fields: bool = False) -> Tracking:
     """Track the cine ``(X, Y, Z, T)`` (voxel-to-world ``affine``) with ``model``, whose grid has voxels of
     ``spacing`` mm: the ED frame ``ed_frame`` (1-based) registered to every frame, ``batch_size`` frames per forward
-    pass; ``ed_label`` ``(X, Y, Z)`` (ACDC labels on the cine's grid) is carried to every frame. One-line
-    ``ValueError`` on bad input."""
+    pass; ``ed_label`` ``(X, Y, Z)`` (ACDC labels on the cine's grid) centres the crop and, with ``carry_labels``, is
+    carried to every frame; ``keep_fields`` keeps the crop-grid displacements and frames. One-line ``ValueError`` on bad
+    input."""
     cine = np.asarray(cine, dtype=np.float32)
     if cine.ndim != 4 or cine.shape[3] < 2:
         raise ValueError(f"a cine is (X, Y, Z, T) with at least 2 frames, got shape {cine.shape}")
@@ -140,7 +148,7 @@ def track_cine(model: CVAERegistration, cine: np.ndarray, affine: np.ndarray, sp
     device = model.device
     moving = torch.from_numpy(ed)[None, None].to(device)
     voxel_mm = torch.tensor(spacing, dtype=torch.float32, device=device).view(1, 3, 1, 1, 1)
-    codes, folding, motion, labels, volumes = [], [], [], [], []
+    codes, folding, motion, labels, volumes, fields = [], [], [], [], [], []
     label_spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
     for start in range(0, len(frames), batch_size):
         fixed = torch.from_numpy(frames[start:start + batch_size])[:, None].to(device)
@@ -148,7 +156,9 @@ def track_cine(model: CVAERegistration, cine: np.ndarray, affine: np.ndarray, sp
         codes.append(result.mu.cpu().numpy())
         folding += [float((j <= 0).float().mean()) for j in result.jacobian]
         motion += (result.displacement * voxel_mm).norm(dim=1).mean(dim=(1, 2, 3)).cpu().tolist()
-        if ed_label is not None:
+        if keep_fields:
+            fields.append(result.displacement.cpu().numpy())
+        if ed_label is not None and carry_labels:
             world = field_to_world(result.displacement.cpu(), crop_affine, affine, cine.shape[:3])
             for frame, field in enumerate(world, start=start + 1):
                 # the ED frame is the reference: its labels are the segmentation itself (the identity), whatever
@@ -160,7 +170,8 @@ def track_cine(model: CVAERegistration, cine: np.ndarray, affine: np.ndarray, sp
                 volumes.append({column: measured[key] for column, key in VOLUME_COLUMNS.items()})
     return Tracking(ed_frame=ed_frame, codes=np.concatenate(codes), folding=np.asarray(folding),
                     motion_mm=np.asarray(motion), labels=np.stack(labels, axis=-1) if labels else None,
-                    volumes=volumes or None, frame_ms=frame_ms)
+                    volumes=volumes or None, frame_ms=frame_ms, ed_crop=ed, crop_affine=crop_affine,
+                    fields=np.concatenate(fields) if fields else None, crop_frames=frames if keep_fields else None)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
