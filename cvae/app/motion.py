@@ -48,9 +48,10 @@ __all__ = ["ENV_MOTION_CHECKPOINT", "DEFAULT_MOTION_CHECKPOINT", "TRACK_SECONDS_
 ENV_MOTION_CHECKPOINT = "CVAE_MOTION_CHECKPOINT"
 DEFAULT_MOTION_CHECKPOINT = "motion-synthetic-acdc"
 #: Seconds per frame of tracking (registration, warps, volumes) and of decoding a code into a measured frame, with the
-#: shipped model on the idle 2-core CPU the project is developed on (about 0.7 and 0.55 s of CPU time on one core).
-TRACK_SECONDS_PER_FRAME = 0.5
-DECODE_SECONDS_PER_FRAME = 0.4
+#: shipped model on the idle 2-core CPU the project is developed on (measured 0.30 s for tracking without the labels,
+#: 0.27-0.31 s for decoding; benchmarks/RESULTS.md section 13), rounded up for the warps and volumes.
+TRACK_SECONDS_PER_FRAME = 0.4
+DECODE_SECONDS_PER_FRAME = 0.35
 #: The curves' names and the key of :func:`cvae.motion.cycle.cycle_volumes` each one holds.
 CURVES: dict[str, str] = {"LV cavity": "LV cavity", "LV myocardium": "LV myocardium", "RV cavity": "RV"}
 
