@@ -10,7 +10,7 @@ import importlib.util
 import os
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -33,6 +33,15 @@ from cvae.model import CVAERegistration, ModelConfig
 
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module() -> Iterator[None]:
+    """Put back ``sys.modules["__main__"]`` after each test: Streamlit's AppTest leaves its temporary script there, and
+    a process pool started later with "spawn" (cohort preprocessing) would run that script in its children."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 # ---------------------------------------------------------------------------------------------------------------
 # the tiny grid of the fast tests
