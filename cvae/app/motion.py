@@ -27,15 +27,14 @@ from cvae.app.checkpoints import file_stamp, grid_of
 from cvae.app.cine import Cine, cohort_cine, uploaded_cine
 from cvae.app.cohort import study_split
 from cvae.checkpoint import MODEL_FILE, CheckpointError, resolve_checkpoint
-from cvae.data.preprocess import resample_to_grid
 from cvae.evaluation.clinical import label_volumes_ml
 from cvae.fields import warp, warp_labels
 from cvae.io.uploads import Upload
 from cvae.latent.cohort import cached_table_path
 from cvae.latent.table import mu_columns
 from cvae.model import CVAERegistration
-from cvae.motion.cycle import (cycle_volumes, decode_cycle, ejection_fraction, load_motion_model, simulate,
-                               transport_cycle)
+from cvae.motion.cycle import (cycle_volumes, decode_cycle, ejection_fraction, frame_volumes, load_motion_model,
+                               simulate, transport_cycle)
 from cvae.motion.model import MotionModel
 from cvae.motion.track import track_cine
 
@@ -146,9 +145,7 @@ def track_cycle(model: CVAERegistration, spacing: tuple[float, float, float], ci
     start = time.perf_counter()
     tracking = track_cine(model, cine.images, cine.affine, spacing, cine.ed_frame, cine.ed_label, cine.frame_ms,
                           carry_labels=False, keep_fields=True)
-    shape = tracking.ed_crop.shape
-    crop_label = None if cine.ed_label is None else \
-        resample_to_grid(cine.ed_label, cine.affine, tracking.crop_affine, shape, order=0).astype(np.uint8)
+    crop_label = None if cine.ed_label is None else tracking.crop_labels(cine.ed_label, cine.affine)
     ed = torch.from_numpy(tracking.ed_crop)[None, None]
     warped, labels = [], []
     for first in range(0, tracking.frames, chunk):
@@ -160,7 +157,8 @@ def track_cycle(model: CVAERegistration, spacing: tuple[float, float, float], ci
     if crop_label is not None:
         carried = np.concatenate(labels)
         carried[cine.ed_frame - 1] = crop_label  # the ED frame keeps the segmentation itself, as in cvae track
-        volumes = _curves(tracking.fields, crop_label, spacing, cine.ed_frame)
+        measured = frame_volumes(carried, spacing)  # type: ignore[arg-type]
+        volumes = {name: measured[key] for name, key in CURVES.items()}
         es_frame = int(np.argmin(volumes["LV cavity"])) + 1
     return TrackedCycle(
         frames=_unit_bytes(torch.from_numpy(tracking.crop_frames)), warped=np.concatenate(warped), labels=carried,

@@ -26,7 +26,7 @@ from cvae.model import CVAERegistration
 from cvae.motion.model import MOTION_FORMAT, MotionConfig, MotionModel
 
 __all__ = ["load_motion_model", "ed_code", "interpolate", "simulate", "transport_cycle", "decode_cycle",
-           "cycle_volumes", "ejection_fraction"]
+           "cycle_volumes", "frame_volumes", "ejection_fraction"]
 
 
 def load_motion_model(name_or_path: str | os.PathLike = "motion-synthetic-acdc", device: str | torch.device = "auto"
@@ -87,7 +87,13 @@ def cycle_volumes(fields: np.ndarray, ed_label: np.ndarray, spacing: tuple[float
     labels = torch.from_numpy(np.asarray(ed_label, np.uint8))[None, None]
     moved = warp_labels(labels, torch.from_numpy(np.asarray(fields, np.float32)))[:, 0].numpy()
     moved[ed_frame - 1] = ed_label
-    volumes = [label_volumes_ml(m, spacing) for m in moved]
+    return frame_volumes(moved, spacing)
+
+
+def frame_volumes(labels: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, np.ndarray]:
+    """Volumes (mL) of label maps ``(T, X, Y, Z)`` (voxels of ``spacing`` mm): ``{"LV cavity", "LV myocardium",
+    "RV"} -> (T,)``."""
+    volumes = [label_volumes_ml(m, spacing) for m in labels]
     return {key: np.array([v[key] for v in volumes]) for key in volumes[0]}
 
 

@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
-from cvae.data.preprocess import displacement_to_grid, resample_to_grid
+from cvae.data.preprocess import displacement_to_grid
 from cvae.evaluation.clinical import label_volumes_ml
 from cvae.fields import jacobian_determinant, warp
 from cvae.model import CVAERegistration
@@ -90,7 +90,7 @@ def evaluate_cycle(registration: CVAERegistration, motion: MotionModel, tracking
     """One subject's row (module docstring). ``tracking`` was made with ``keep_fields``; ``ed_label`` ``(X, Y, Z)``,
     ``truth_labels`` ``(X, Y, Z, T)`` and ``truth_fields`` ``(X, Y, Z, T, 3)`` (voxels) are on the cine's grid."""
     frames, shape = tracking.frames, tracking.ed_crop.shape
-    crop_label = resample_to_grid(ed_label, cine_affine, tracking.crop_affine, shape, order=0).astype(np.uint8)
+    crop_label = tracking.crop_labels(ed_label, cine_affine)
     heart = crop_label > 0
     near = ndimage.binary_dilation(heart, iterations=3)
     truth = np.stack([displacement_to_grid(truth_fields[..., t, :], cine_affine, tracking.crop_affine, shape)

@@ -87,6 +87,10 @@ class Tracking:
             return int(np.argmin([v["lv_cavity_ml"] for v in self.volumes])) + 1
         return int(np.argmax(self.motion_mm)) + 1
 
+    def crop_labels(self, label: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """A label map ``(X, Y, Z)`` of the cine's grid (voxel-to-world ``affine``) on the crop grid (nearest)."""
+        return resample_to_grid(label, affine, self.crop_affine, self.ed_crop.shape, order=0).astype(np.uint8)
+
     def times_ms(self) -> list[float | None]:
         """Each frame's time after the first frame (ms), or ``None`` when the interval is unknown."""
         return [None if self.frame_ms is None else round(k * self.frame_ms, 3) for k in range(self.frames)]
