@@ -17,7 +17,7 @@ import pandas as pd
 
 from cvae.checkpoint import load_checkpoint
 from cvae.data.acdc import find_subjects
-from cvae.data.synthetic_cycle import load_cycle_truth
+from cvae.data.cycle_truth import load_cycle_truth
 from cvae.data.volumes import load_cine, load_label
 from cvae.motion.cycle import load_motion_model
 from cvae.motion.evaluate import evaluate_cycle

@@ -29,17 +29,21 @@ from cvae.optimize import OptimizeSettings, register_optimized
 
 from report import print_report, report_parser  # benchmarks/ is on sys.path when run as a script
 
-#: The candidate settings: the number of coarse steps, the learning rate, the prior's weight and a fine level.
+#: The candidate settings: the number of coarse steps, the learning rate, the prior's weight, a fine level and the
+#: residual's smoothing (residual_sigma=6.0: the settings before 2026-12-02's second change, twice as smooth in mm).
 CANDIDATES: tuple[OptimizeSettings, ...] = (
     OptimizeSettings(coarse_steps=10), OptimizeSettings(coarse_steps=20), OptimizeSettings(coarse_steps=40),
     OptimizeSettings(coarse_steps=20, lr=0.1), OptimizeSettings(coarse_steps=20, lr=0.4),
     OptimizeSettings(coarse_steps=20, weight=0.0), OptimizeSettings(coarse_steps=20, weight=0.5),
     OptimizeSettings(coarse_steps=20, fine_steps=10), OptimizeSettings(coarse_steps=0, fine_steps=20, coarse=1),
+    OptimizeSettings(residual_sigma=6.0), OptimizeSettings(residual_sigma=2.0), OptimizeSettings(residual_sigma=4.0),
+    OptimizeSettings(coarse_steps=30), OptimizeSettings(lr=0.1, weight=0.02),
 )
 
 
 def _label(settings: OptimizeSettings) -> str:
-    changed = [f"{name}={getattr(settings, name)}" for name in ("coarse_steps", "fine_steps", "lr", "weight", "coarse")
+    changed = [f"{name}={getattr(settings, name)}" for name in ("coarse_steps", "fine_steps", "lr", "weight", "coarse",
+                                                                     "residual_sigma")
                if getattr(settings, name) != getattr(OptimizeSettings(), name)]
     return ", ".join(changed) or "defaults"
 

@@ -5,7 +5,8 @@ pairs it saw. :func:`optimize_velocity` refines that prediction on the pair, the
 learnt initialisation ("instance optimisation"), while keeping everything that makes the result a diffeomorphism:
 
 * the parametrisation stays a stationary velocity, ``v = v_net + S(r)``, with ``r`` a residual velocity (voxels) and
-  ``S`` the model's own Gaussian smoothing layer (sigma_S), so ``v`` is as smooth as a decoded velocity;
+  ``S`` a Gaussian smoothing of the model's width sigma_S in mm on every level (on the coarse level sigma_S / 2 of
+  its voxels; ``residual_sigma`` changes it), so ``v`` is as smooth as a decoded velocity;
 * ``exp(v)`` comes from the model's scaling and squaring, so the transform is a diffeomorphism and its inverse is
   ``exp(-v)``, as for one forward pass;
 * the objective is the project's one energy (:func:`cvae.losses.objective`), ``lam * (1 - LCC_sym(F, M; v))`` plus a
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from cvae.fields import jacobian_determinant
 from cvae.losses import Energy, objective
-from cvae.model import CVAERegistration, RegistrationResult
+from cvae.model import CVAERegistration, GaussianSmoothing, RegistrationResult
 from cvae.optimize_settings import OptimizeSettings
 
 __all__ = ["OptimizeSettings", "Optimization", "optimize_velocity", "register_optimized"]
@@ -65,6 +66,16 @@ def _resize(field_: torch.Tensor, size: tuple[int, ...], factor: float) -> torch
     return F.interpolate(field_, size=size, mode="trilinear", align_corners=True) / factor
 
 
+def _residual_smoothing(model: CVAERegistration, sigma: float | None, factor: int) -> torch.nn.Module:
+    """The residual's smoothing on a level ``factor`` times coarser: a Gaussian of ``sigma`` voxels of the full grid
+    (``None``: the model's sigma_S), i.e. of the same width in mm on every level; the model's own layer at full
+    resolution with its sigma."""
+    if factor == 1 and sigma in (None, model.smooth.sigma):
+        return model.smooth
+    level_sigma = (model.smooth.sigma if sigma is None else sigma) / factor
+    return GaussianSmoothing(level_sigma, 2 * math.ceil(2.5 * level_sigma) + 1).to(model.device)
+
+
 def optimize_velocity(model: CVAERegistration, fixed: torch.Tensor, moving: torch.Tensor,
                       settings: OptimizeSettings = OptimizeSettings()) -> tuple[torch.Tensor, Optimization]:
     """The optimised velocity ``(B, 3, X, Y, Z)`` (voxels) of pairs ``fixed, moving (B, 1, X, Y, Z)`` on the model's
@@ -75,7 +86,6 @@ def optimize_velocity(model: CVAERegistration, fixed: torch.Tensor, moving: torc
     with torch.no_grad():
         mu, _ = model.encode(fixed, moving)
         v_net = model.velocity(mu, moving)
-    smooth = model.smooth
     residual = torch.zeros_like(v_net)  # what the levels done so far add to v_net (full grid, voxels)
     report = Optimization()
     full = tuple(v_net.shape[2:])
@@ -87,6 +97,7 @@ def optimize_velocity(model: CVAERegistration, fixed: torch.Tensor, moving: torc
         m = F.adaptive_avg_pool3d(moving, size) if factor > 1 else moving
         base, offset = _resize(v_net, size, factor), _resize(residual, size, factor)
         sigma, kernel = _level(model, factor)
+        smooth = _residual_smoothing(model, settings.residual_sigma, factor)
         r = torch.zeros_like(base, requires_grad=True)
         optimiser = torch.optim.Adam([r], lr=settings.lr)
 

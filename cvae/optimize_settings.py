@@ -12,17 +12,20 @@ __all__ = ["OptimizeSettings"]
 class OptimizeSettings:
     """How :func:`optimize_velocity` optimises: ``coarse_steps`` and ``fine_steps`` (at most, per level) of Adam with
     learning rate ``lr`` (voxels of the level), on a grid ``coarse`` times coarser first (1: no coarse level),
-    ``weight`` of the prior's penalty relative to ``lam``, early stopping when the energy has not decreased by a
-    relative ``tolerance`` over ``patience`` steps.
+    ``weight`` of the prior's penalty relative to ``lam``, ``residual_sigma`` the width (voxels of the full grid) of the
+    residual's Gaussian smoothing on every level (``None``: the model's sigma_S), early stopping when the energy has
+    not decreased by a relative ``tolerance`` over ``patience`` steps.
 
-    The defaults were chosen on six training pairs of the synthetic cohort (``benchmarks/RESULTS.md``): most of the
-    gain comes from the coarse level; full-resolution steps cost about ten coarse ones each and add little."""
+    The defaults were chosen on training pairs of the synthetic cohort (``benchmarks/RESULTS.md``, section 7): most of
+    the gain comes from the coarse level; full-resolution steps cost about ten coarse ones each and add little; a
+    residual as smooth in mm as the decoded velocity beats one twice as smooth."""
 
     coarse_steps: int = 20
     fine_steps: int = 0
     lr: float = 0.2
     weight: float = 0.05
     coarse: int = 2
+    residual_sigma: float | None = None
     tolerance: float = 1e-4
     patience: int = 5
 
@@ -33,6 +36,8 @@ class OptimizeSettings:
             raise ValueError(f"need lr > 0 and weight >= 0, got {self.lr} and {self.weight}")
         if self.coarse < 1 or self.patience < 1 or not self.tolerance >= 0:
             raise ValueError("coarse and patience must be >= 1 and tolerance >= 0")
+        if self.residual_sigma is not None and not (math.isfinite(self.residual_sigma) and self.residual_sigma > 0):
+            raise ValueError(f"residual_sigma must be > 0 (or None: the model's), got {self.residual_sigma}")
 
     @property
     def steps(self) -> int:

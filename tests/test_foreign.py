@@ -183,7 +183,7 @@ def test_the_command_writes_a_foreign_cohort_and_refuses_bad_arguments(tmp_path,
     assert "foreign" in capsys.readouterr().out
     assert (out / "training" / "patient001" / "patient001_gt_displacement.nii.gz").is_file()
     assert not any((out / "testing").iterdir())
-    for bad in (["--n-test", "-1"], ["--workers", "0"], ["--seed", "-2"], ["--cine"]):
+    for bad in (["--n-test", "-1"], ["--workers", "0"], ["--seed", "-2"]):
         assert cvae_main(["synth", "--style", "foreign", "--out", str(tmp_path / "bad"), "--n-train", "0", *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("cvae synth: error:") and "\n" not in err, err

@@ -5,12 +5,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cvae.checkpoint import load_checkpoint
 from cvae.losses import symmetric_lcc
 from cvae.methods import get_method
 from cvae.model import CVAERegistration, ModelConfig
-from cvae.optimize import OptimizeSettings, optimize_velocity, register_optimized
+from cvae.optimize import OptimizeSettings, _residual_smoothing, optimize_velocity, register_optimized
 
 from conftest import LATENT_SPACING, SHIPPED, ellipsoid_pair, shipped_pair, warped_mean_dice
 
@@ -79,10 +80,13 @@ def test_the_energy_is_the_objective_plus_the_prior_penalty_and_falls():
 
 def test_a_known_translation_is_recovered():
     """Pairs of plane-wave textures: the interior median displacement goes from the network's ~0 to the known
-    translation (0.2 voxel in 60 steps, coarse then fine), without folding."""
+    translation (0.1 voxel in 60 steps, coarse then fine), without folding. Plane waves leave the motion along their
+    fronts free (the aperture problem), so the shift is the unique answer only for a smooth residual: twice the small
+    model's sigma_S here (with its own 1.5 voxels the fit reaches an LCC of 0.995 with a field 0.2 voxel off)."""
     model = small_model()
     fixed, moving = texture(SMALL.image_size, SHIFT), texture(SMALL.image_size, (0.0, 0.0, 0.0))
-    settings = OptimizeSettings(coarse_steps=30, fine_steps=30, lr=0.05, weight=0.0, tolerance=0.0, patience=30)
+    settings = OptimizeSettings(coarse_steps=30, fine_steps=30, lr=0.05, weight=0.0, tolerance=0.0, patience=30,
+                                residual_sigma=2 * SMALL.sigma_smooth)
     result, report = register_optimized(model, fixed, moving, settings)
     with torch.no_grad():
         start = model.register(fixed, moving).displacement
@@ -90,7 +94,7 @@ def test_a_known_translation_is_recovered():
     interior = (slice(None), slice(6, -6), slice(6, -6), slice(4, -4))
     median = result.displacement[0][interior].flatten(1).median(dim=1).values
     assert (start[0][interior].flatten(1).median(dim=1).values - expected).abs().min() > 0.45
-    assert (median - expected).abs().max() < 0.2, median
+    assert (median - expected).abs().max() < 0.1, median
     assert report.steps == [30, 30]
     assert report.lcc_after.item() > 0.98 > 0.7 > report.lcc_before.item()
     assert result.jacobian.min().item() > 0
@@ -110,6 +114,34 @@ def test_the_prior_weight_keeps_the_velocity_near_the_networks():
     assert distances[2] < 0.2 * distances[0]
 
 
+def test_the_residual_is_as_smooth_in_mm_on_the_coarse_level_as_the_decoded_velocity():
+    """One coarse step's correction, brought to the full grid, spreads as far (in voxels of the full grid) as the
+    model's own smoothing layer spreads a point: the prior's width does not double on the coarse level."""
+    model = small_model()
+    full = SMALL.image_size
+
+    def spread(field: torch.Tensor) -> float:  # standard deviation (voxels) of a blob along the first axis
+        profile = field[0, 0].sum(dim=(1, 2)).abs()
+        x = torch.arange(len(profile), dtype=torch.float32)
+        mean = (profile * x).sum() / profile.sum()
+        return float(((profile * (x - mean) ** 2).sum() / profile.sum()).sqrt())
+
+    impulse = torch.zeros(1, 3, *full)
+    impulse[0, :, 16, 16, 8] = 1.0
+    layer = spread(model.smooth(impulse))
+    coarse = torch.zeros(1, 3, *(n // 2 for n in full))
+    coarse[0, :, 8, 8, 4] = 1.0
+
+    def on_full(field: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(field, size=full, mode="trilinear", align_corners=True)
+
+    resampling = spread(on_full(coarse))  # variances add: the resampling's own spread, then the smoothing's
+    for sigma, width in ((None, layer), (2 * SMALL.sigma_smooth, 2 * layer)):
+        expected = math.sqrt(width ** 2 + resampling ** 2)
+        assert spread(on_full(_residual_smoothing(model, sigma, 2)(coarse))) == pytest.approx(expected, rel=0.05), sigma
+    assert _residual_smoothing(model, None, 1) is model.smooth
+
+
 def test_early_stopping_after_patience_steps_without_progress():
     model = small_model()
     fixed, moving = ellipsoid_pair(SMALL.image_size, 2.0)
@@ -121,7 +153,8 @@ def test_early_stopping_after_patience_steps_without_progress():
     (dict(coarse_steps=-1), "steps must be >= 0"), (dict(fine_steps=-2), "steps must be >= 0"),
     (dict(lr=0.0), "lr > 0"), (dict(lr=float("nan")), "lr > 0"), (dict(weight=-1.0), "weight >= 0"),
     (dict(coarse=0), "coarse and patience"), (dict(patience=0), "coarse and patience"),
-    (dict(tolerance=-0.1), "tolerance >= 0")])
+    (dict(tolerance=-0.1), "tolerance >= 0"), (dict(residual_sigma=0.0), "residual_sigma must be > 0"),
+    (dict(residual_sigma=float("inf")), "residual_sigma must be > 0")])
 def test_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         OptimizeSettings(**kwargs)

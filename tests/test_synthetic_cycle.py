@@ -11,7 +11,8 @@ import pytest
 import cvae.data.synthetic as synthetic
 from cvae.data.acdc import load_subject, subject_info
 from cvae.data.synthetic import ed_labels_at, make_subject, save_subject
-from cvae.data.synthetic_cycle import DISPLACEMENT_STEP, cycle_phase, load_cycle_truth
+from cvae.data.cycle_truth import DISPLACEMENT_STEP, load_cycle_truth
+from cvae.data.synthetic_cycle import cycle_phase
 
 FRAMES, ES = 7, 3
 

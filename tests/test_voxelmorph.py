@@ -1,6 +1,7 @@
 """VoxelMorph baseline: field convention against VoxelMorph's own warp, checkpoints, training, export, method."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -192,7 +193,7 @@ def test_method_interface(tmp_path):
 def tiny_run(cohort: Path, out: Path, cache: Path, **kw) -> VxmTrainConfig:
     return VxmTrainConfig(data=str(cohort), out=str(out), spacing=TINY_SPACING,
                           model=VoxelMorphConfig(image_size=TINY_SIZE, nb_features=(8, 8, 8)), val_subjects=2,
-                          val_every=3, save_every=2, threads=1, lr=1e-3, cache_dir=str(cache), **kw)
+                          val_every=3, save_every=2, threads=1, cache_dir=str(cache), **{"lr": 1e-3, **kw})
 
 
 def train_log(out: Path) -> list[dict]:
@@ -222,6 +223,26 @@ def test_training_run_resume_and_export(tiny_cohort, tiny_cache, tmp_path):
     assert "lambda = 1.5" in card and "Run: 5 steps" in card and "patient007 to patient008" in card
     assert f"{100 * best_config['metrics']['val_dice']:.2f} %" in card
     assert "lr 0.001 (VoxelMorph's default: 0.0001)" in card and card.endswith("## Notes\nA short run.\n")
+
+
+def test_init_fine_tunes_from_a_checkpoint_with_the_same_options_only(tiny_cohort, tiny_cache, tmp_path):
+    """--init starts from a checkpoint's weights (the fair baseline of issue 16: the CVAE's fine-tuning protocol)."""
+    base = train_voxelmorph(tiny_run(tiny_cohort, tmp_path / "base", tiny_cache, steps=2))
+    start, _ = load_voxelmorph_checkpoint(base / "last", "cpu")
+    tuned = train_voxelmorph(tiny_run(tiny_cohort, tmp_path / "tuned", tiny_cache, steps=1, lr=1e-12,
+                                      init=str(base / "last")))
+    after, config = load_voxelmorph_checkpoint(tuned / "last", "cpu")
+    # one step of a vanishing learning rate leaves Adam within lr of the start: the weights were loaded
+    assert all(torch.allclose(after.state_dict()[k], v, atol=1e-9) for k, v in start.state_dict().items())
+    assert config["training"]["init"] == str(base / "last")
+    fresh = train_voxelmorph(tiny_run(tiny_cohort, tmp_path / "fresh", tiny_cache, steps=1, lr=1e-12, seed=5))
+    other, _ = load_voxelmorph_checkpoint(fresh / "last", "cpu")
+    assert not all(torch.allclose(other.state_dict()[k], v) for k, v in start.state_dict().items())
+    wider = dataclasses.replace(tiny_run(tiny_cohort, tmp_path / "wider", tiny_cache, steps=1, init=str(base / "last")),
+                                model=VoxelMorphConfig(image_size=TINY_SIZE, nb_features=(8, 8, 16)))
+    with pytest.raises(ValueError, match=r"^--init .* was trained with nb_features=\(8, 8, 8\) \(this run: "
+                                         r"\(8, 8, 16\)\); pass the same options$"):
+        train_voxelmorph(wider)
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):

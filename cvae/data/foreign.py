@@ -52,7 +52,9 @@ Public functions
 * :func:`make_foreign_cohort` ``(out, n_train=0, n_test=100, seed=0, workers=None, progress=None) -> Path``: writes
   ``out/{training,testing}/patientNNN/`` (test numbers continue after the training ones): ``Info.cfg``,
   ``patientNNN_frameYY.nii.gz`` (int16 ``(X, Y, Z)``), ``patientNNN_frameYY_gt.nii.gz`` (uint8 ``(X, Y, Z)``, labels
-  0-3) for ED (frame 01) and ES, and ``patientNNN_gt_displacement.nii.gz`` (float32 ``(X, Y, Z, 3)``, voxels).
+  0-3) for ED (frame 01) and ES, and ``patientNNN_gt_displacement.nii.gz`` (float32 ``(X, Y, Z, 3)``, voxels);
+  with ``cine=True`` also the whole cycle, ``patientNNN_4d.nii.gz`` (int16 ``(X, Y, Z, T)``, the frame interval in
+  seconds as the fourth voxel size) with its exact labels and ED -> frame maps (:mod:`cvae.data.foreign_cycle`).
   A subject depends only on ``(seed, split, index)``; any number of workers writes the same bytes.
 * :func:`make_foreign_subject` ``(split, index, seed) -> ForeignSubject`` (arrays as above, spacing mm, height cm,
   weight kg); :func:`save_foreign_subject` ``(subject, split_dir, number) -> Path`` writes one patient folder;
@@ -72,8 +74,10 @@ import nibabel as nib
 import numpy as np
 
 from cvae.data.foreign_anatomy import Atlas, body_tissue, heart_tissue, tabulate
+from cvae.data.cycle_truth import DISPLACEMENT_STEP, TRUTH_SUFFIXES, displacement_steps
+from cvae.data.foreign_cycle import draw_timing, foreign_phase, scaled_motion
 from cvae.data.foreign_image import SLAB_OFFSETS, acquire, bias_field, draw_contrast, render
-from cvae.data.foreign_motion import carry_labels, es_points, support
+from cvae.data.foreign_motion import Motion, carry_labels, es_points, support
 from cvae.data.foreign_params import Design, draw_design
 from cvae.data.acdc import check_splits
 from cvae.data.jobs import run_jobs
@@ -93,7 +97,9 @@ class ForeignSubject:
     ``ed_image``/``es_image`` int16 ``(X, Y, Z)``; ``ed_label``/``es_label`` uint8 ``(X, Y, Z)`` in {0, 1, 2, 3};
     ``displacement`` float32 ``(X, Y, Z, 3)`` in voxels, ``ES(x) = ED(x + u(x))``; ``affine`` (4, 4) voxel -> world
     mm; ``spacing`` (3,) mm; ``height`` cm, ``weight`` kg; frames 1-based. The labels meet ACDC's definition of
-    ``group`` as :func:`cvae.evaluation.clinical.clinical_measures` measures them.
+    ``group`` as :func:`cvae.evaluation.clinical.clinical_measures` measures them. With ``cine``: every frame,
+    ``cine`` int16 ``(X, Y, Z, T)``, ``cine_labels`` uint8 ``(X, Y, Z, T)``, ``cine_displacement`` float32
+    ``(X, Y, Z, T, 3)`` (ED -> frame, voxels) and the frame interval ``frame_seconds``.
     """
 
     group: str
@@ -109,6 +115,10 @@ class ForeignSubject:
     displacement: np.ndarray
     affine: np.ndarray
     spacing: np.ndarray
+    cine: np.ndarray | None = None
+    cine_labels: np.ndarray | None = None
+    cine_displacement: np.ndarray | None = None
+    frame_seconds: float | None = None
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -174,18 +184,17 @@ def _slab_displacement(centre: np.ndarray) -> np.ndarray:
     return out
 
 
-def _es_tissue(design: Design, atlas: Atlas, ed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tissue ids (X, Y, Z, 3) of the ES scene (the ED scene at ``x + u(x)`` of every slab sample) and the
-    displacement ``u = phi - id`` (X, Y, Z, 3) float32 at the voxel centres, in voxels; both change only inside
-    the motion's support."""
+def _moved_tissue(design: Design, atlas: Atlas, ed: np.ndarray, motion: Motion) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue ids (X, Y, Z, 3) of the scene pulled back by ``motion`` (the ED scene at ``x + u(x)`` of every slab
+    sample: the ES scene for ``design.motion``) and the displacement ``u = phi - id`` (X, Y, Z, 3) float32 at the
+    voxel centres, in voxels; both change only inside the motion's support."""
     frame, (nx, ny, nz) = design.frame, design.shape
     centre = frame.origin[:2] / frame.spacing[:2]
-    half = math.ceil((support(design.heart, design.motion)[0] + design.heart.apex * frame.lean + 2.0)
-                     / frame.spacing[0])
+    half = math.ceil((support(design.heart, motion)[0] + design.heart.apex * frame.lean + 2.0) / frame.spacing[0])
     xs, ys = _window(centre[0], half, nx), _window(centre[1], half, ny)
     voxels = np.stack(np.meshgrid(np.arange(xs.start, xs.stop), np.arange(ys.start, ys.stop), np.arange(nz),
                                   indexing="ij")).astype(np.float32)
-    shift_at_centres = es_points(atlas, design.motion, frame, voxels) - voxels       # exactly 0 where phi = id
+    shift_at_centres = es_points(atlas, motion, frame, voxels) - voxels              # exactly 0 where phi = id
     shift = _slab_displacement(shift_at_centres)
     moving = np.nonzero(np.any(shift != 0, axis=0))                                    # (i, j, k, sample)
     source = shift[(slice(None), *moving)]
@@ -210,15 +219,17 @@ def _place(labels: np.ndarray, design: Design) -> np.ndarray:
     return full
 
 
-def make_foreign_subject(split: str = "testing", index: int = 0, seed: int = 0) -> ForeignSubject:
+def make_foreign_subject(split: str = "testing", index: int = 0, seed: int = 0, cine: bool = False) -> ForeignSubject:
     """Subject ``index`` (0-based) of ``split`` (``"training"`` or ``"testing"``) for ``seed`` (>= 0): a function of
-    these three only. About a second of one core."""
-    rng = np.random.default_rng([_check_int("seed", seed, 0), _split_id(split), 0, _check_int("index", index, 0)])
+    these three only. About a second of one core; with ``cine`` also every frame of the cycle (about half a second
+    per frame), from a random stream of its own, so the ED and ES frames do not depend on it."""
+    key = [_check_int("seed", seed, 0), _split_id(split), 0, _check_int("index", index, 0)]
+    rng = np.random.default_rng(key)
     design = draw_design(rng, foreign_group(split, index, seed))
     contrast = draw_contrast(rng, design.body, design.heart.apex)
     atlas = tabulate(design.heart)
     ed_tissue = _ed_tissue(design, atlas)
-    es_tissue, displacement = _es_tissue(design, atlas, ed_tissue)
+    es_tissue, displacement = _moved_tissue(design, atlas, ed_tissue, design.motion)
     frame = design.frame
     grid_mm = tuple(np.arange(n, dtype=float).reshape([-1 if k == axis else 1 for k in range(3)]) * step
                     for axis, (n, step) in enumerate(zip(design.shape, frame.spacing)))
@@ -226,17 +237,42 @@ def make_foreign_subject(split: str = "testing", index: int = 0, seed: int = 0) 
     images = [acquire(render(tissue, grid_mm, contrast, index_), bias, contrast, rng)
               for index_, tissue in enumerate((ed_tissue, es_tissue))]
     ed_label = _place(design.ed_labels, design)
-    es_label = carry_labels(ed_label, np.indices(design.shape) + np.moveaxis(displacement, -1, 0).astype(np.float64))
-    return ForeignSubject(group=design.group, height=design.height, weight=design.weight, nb_frame=design.nb_frame,
-                          ed_frame=1, es_frame=design.es_frame, ed_image=images[0], es_image=images[1],
-                          ed_label=ed_label, es_label=es_label, displacement=displacement, affine=design.affine,
-                          spacing=frame.spacing.astype(np.float64))
+
+    def labels_of(field: np.ndarray) -> np.ndarray:
+        return carry_labels(ed_label, np.indices(design.shape) + np.moveaxis(field, -1, 0).astype(np.float64))
+
+    subject = ForeignSubject(group=design.group, height=design.height, weight=design.weight,
+                             nb_frame=design.nb_frame, ed_frame=1, es_frame=design.es_frame, ed_image=images[0],
+                             es_image=images[1], ed_label=ed_label, es_label=labels_of(displacement),
+                             displacement=displacement, affine=design.affine, spacing=frame.spacing.astype(np.float64))
+    if cine:
+        cine_rng = np.random.default_rng([*key[:2], 1, key[3]])
+        timing = draw_timing(cine_rng)
+        frames = {1: (subject.ed_image, ed_label, np.zeros_like(displacement)),
+                  design.es_frame: (subject.es_image, subject.es_label, displacement)}
+        for t in range(2, design.nb_frame + 1):
+            if t not in frames:
+                alpha = foreign_phase(t, design.nb_frame, design.es_frame, timing)
+                tissue, field = _moved_tissue(design, atlas, ed_tissue, scaled_motion(design.motion, alpha))
+                frames[t] = (acquire(render(tissue, grid_mm, contrast, alpha), bias, contrast, cine_rng),
+                             labels_of(field), field)
+        cycle = [frames[t] for t in range(1, design.nb_frame + 1)]
+        subject.cine, subject.cine_labels = (np.stack([f[k] for f in cycle], axis=-1) for k in (0, 1))
+        subject.cine_displacement = np.stack([f[2] for f in cycle], axis=3)
+        subject.frame_seconds = round(60.0 / timing.heart_rate / design.nb_frame, 4)
+    return subject
 
 
-def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
-    """A ``.nii.gz`` file's bytes, reproducible: no time stamp or file name in the gzip header."""
+def _nifti_gz(data: np.ndarray, affine: np.ndarray, seconds: float | None = None, slope: float | None = None) -> bytes:
+    """A ``.nii.gz`` file's bytes, reproducible: no time stamp or file name in the gzip header. ``seconds``: the
+    frame interval of a 4-D file (its fourth voxel size); ``slope``: ``scl_slope`` of coded reals."""
     image = nib.Nifti1Image(data, affine)
     image.header.set_xyzt_units("mm", "sec")
+    if seconds is not None:
+        zooms = image.header.get_zooms()
+        image.header.set_zooms((*zooms[:3], seconds, *zooms[4:]))
+    if slope is not None:
+        image.header.set_slope_inter(slope, 0.0)
     buffer = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=1) as stream:
         stream.write(image.to_bytes())
@@ -244,8 +280,8 @@ def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
 
 
 def save_foreign_subject(subject: ForeignSubject, split_dir: str | Path, number: int) -> Path:
-    """Write ``split_dir/patientNNN`` (``Info.cfg``, ED/ES images and labels, ground-truth displacement) atomically;
-    returns the folder."""
+    """Write ``split_dir/patientNNN`` (``Info.cfg``, ED/ES images and labels, ground-truth displacement; with a cine
+    also ``patientNNN_4d.nii.gz`` and its exact truth, :mod:`cvae.data.cycle_truth`) atomically; returns the folder."""
     name = f"patient{number:03d}"
     info = (f"ED: {subject.ed_frame}\nES: {subject.es_frame}\nGroup: {subject.group}\nHeight: {subject.height:.1f}\n"
             f"NbFrame: {subject.nb_frame}\nWeight: {subject.weight:.1f}\n")
@@ -255,6 +291,12 @@ def save_foreign_subject(subject: ForeignSubject, split_dir: str | Path, number:
         files[f"{name}_frame{frame:02d}.nii.gz"] = _nifti_gz(image, subject.affine)
         files[f"{name}_frame{frame:02d}_gt.nii.gz"] = _nifti_gz(label, subject.affine)
     files[f"{name}_gt_displacement.nii.gz"] = _nifti_gz(subject.displacement, subject.affine)
+    if subject.cine is not None:
+        labels, field = (f"{name}{suffix}" for suffix in TRUTH_SUFFIXES)
+        files[f"{name}_4d.nii.gz"] = _nifti_gz(subject.cine, subject.affine, subject.frame_seconds)
+        files[labels] = _nifti_gz(subject.cine_labels, subject.affine, subject.frame_seconds)
+        files[field] = _nifti_gz(displacement_steps(subject.cine_displacement), subject.affine, subject.frame_seconds,
+                                 DISPLACEMENT_STEP)
 
     def write(folder: Path) -> None:
         for file_name, content in files.items():
@@ -263,17 +305,19 @@ def save_foreign_subject(subject: ForeignSubject, split_dir: str | Path, number:
     return atomic_folder(Path(split_dir) / name, write)
 
 
-def _make_and_save(job: tuple[str, int, int, int, str]) -> None:
-    """Worker: make subject ``index`` of ``split`` and save it as ``patient<number>`` in ``split_dir``."""
-    split, index, number, seed, split_dir = job
-    save_foreign_subject(make_foreign_subject(split, index, seed), split_dir, number)
+def _make_and_save(job: tuple[str, int, int, int, bool, str]) -> None:
+    """Worker: make subject ``index`` of ``split`` (with its cine or not) and save it as ``patient<number>`` in
+    ``split_dir``."""
+    split, index, number, seed, cine, split_dir = job
+    save_foreign_subject(make_foreign_subject(split, index, seed, cine), split_dir, number)
 
 
 def make_foreign_cohort(out: str | Path, n_train: int = 0, n_test: int = 100, seed: int = 0,
                         workers: int | None = None, progress: Callable[[int, int], None] | None = None,
-                        splits: Sequence[str] = SPLITS) -> Path:
+                        splits: Sequence[str] = SPLITS, cine: bool = False) -> Path:
     """Write a foreign cohort in the ACDC layout: ``out/training/patient001..`` then ``out/testing/`` numbered on
-    (``splits``: only some of them, each exactly as in the whole cohort).
+    (``splits``: only some of them, each exactly as in the whole cohort; ``cine``: with every subject's cine and its
+    exact truth, the other files unchanged).
 
     ``workers`` processes (default all CPUs; the files do not depend on it); ``progress(done, total)`` is called
     after each subject. Returns ``out``. Bad arguments raise a one-line ``ValueError`` before any work.
@@ -283,7 +327,7 @@ def make_foreign_cohort(out: str | Path, n_train: int = 0, n_test: int = 100, se
     workers = (os.cpu_count() or 1) if workers is None else _check_int("workers", workers, 1)
     out = check_writable(out)
     splits = check_splits(splits)
-    jobs = [(split, index, first + index + 1, seed, str(out / split))
+    jobs = [(split, index, first + index + 1, seed, cine, str(out / split))
             for split, count, first in (("training", n_train, 0), ("testing", n_test, n_train))
             for index in range(count) if split in splits]
     for split in splits:

@@ -80,12 +80,13 @@ def slab_weights(contrast: Contrast) -> np.ndarray:
 
 
 def render(tissue: np.ndarray, grid_mm: tuple[np.ndarray, np.ndarray, np.ndarray], contrast: Contrast,
-           frame_index: int) -> np.ndarray:
+           phase: float) -> np.ndarray:
     """Noise-free image (X, Y, Z) float32 from tissue ids (X, Y, Z, 3) sampled at :data:`SLAB_OFFSETS`.
 
     ``grid_mm`` are the voxel centres' grid coordinates (mm) as broadcastable (X, 1, 1), (1, Y, 1), (1, 1, Z)
-    arrays; ``frame_index`` 0 (ED) or 1 (ES) picks the inflow wave. The in-plane PSF is applied."""
-    wave = contrast.inflow[frame_index]
+    arrays; ``phase`` 0 (ED) or 1 (ES) picks the inflow wave, a phase between blends the two (cine frames). The
+    in-plane PSF is applied."""
+    wave = (1.0 - phase) * contrast.inflow[0] + phase * contrast.inflow[1]  # exactly one of them at 0 and 1
     inflow = 1.0 + wave[4] * np.cos(sum(k * x for k, x in zip(wave[:3], grid_mm)) + wave[3])
     signal = contrast.signal.astype(np.float32)[tissue]                  # (X, Y, Z, 3)
     signal = np.where(_BLOOD[tissue], signal * inflow[..., None].astype(np.float32), signal)

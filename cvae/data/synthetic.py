@@ -89,7 +89,8 @@ from cvae.data.jobs import run_jobs
 from cvae.io.atomic import check_writable
 from cvae.data.labels import GROUPS
 from cvae.data.synthetic_anatomy import NO_TISSUE, body_classes, ed_scene, heart_classes, intensity_table
-from cvae.data.synthetic_cycle import DISPLACEMENT_STEP, TRUTH_SUFFIXES, displacement_steps, render_cycle
+from cvae.data.cycle_truth import DISPLACEMENT_STEP, TRUTH_SUFFIXES, displacement_steps
+from cvae.data.synthetic_cycle import render_cycle
 from cvae.data.synthetic_motion import es_to_ed
 from cvae.data.synthetic_params import SubjectParams, sample_subject
 

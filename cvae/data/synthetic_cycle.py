@@ -14,25 +14,17 @@ ED (frame 1) to ES; diastole follows the shape of a real volume curve: rapid fil
 volume in the first 35 % of diastole, diastasis holds it until 75 %, and the atrial kick fills the rest, so the last
 frame leads smoothly back into the next cycle's ED.
 
-The side files are what a user's ACDC copy does not have; the readers never need them, only the evaluation of
-tracking and of the motion model (:func:`load_cycle_truth`).
+The side files' format and reader are :mod:`cvae.data.cycle_truth`.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-__all__ = ["cycle_phase", "render_cycle", "TRUTH_SUFFIXES", "DISPLACEMENT_STEP", "displacement_steps",
-           "load_cycle_truth"]
+__all__ = ["cycle_phase", "render_cycle"]
 
-#: File-name suffixes (after ``patientNNN``) of the side files with the exact labels and maps of every frame.
-TRUTH_SUFFIXES: tuple[str, str] = ("_4d_gt.nii.gz", "_4d_gt_displacement.nii.gz")
-#: Stored precision of the displacement side file (voxels per int16 step).
-DISPLACEMENT_STEP = 0.01
 #: Diastole: fraction of it taken by rapid filling, start of the atrial kick, volume restored by rapid filling.
 RAPID_FILLING, ATRIAL_KICK, RAPID_SHARE = 0.35, 0.75, 0.75
 
@@ -71,23 +63,3 @@ def render_cycle(frame: Callable[[float], tuple[np.ndarray, np.ndarray, np.ndarr
         labels.append(label)
         fields.append(np.zeros((*label.shape, 3), np.float32) if field is None else field)
     return np.stack(images, axis=-1), np.stack(labels, axis=-1), np.stack(fields, axis=3)
-
-
-def displacement_steps(displacement: np.ndarray) -> np.ndarray:
-    """The displacement side file's content: voxels as int16 steps of :data:`DISPLACEMENT_STEP` (the file's
-    ``scl_slope``, so nibabel's ``get_fdata()`` gives voxels back)."""
-    return np.clip(np.rint(displacement / DISPLACEMENT_STEP), -32767, 32767).astype(np.int16)
-
-
-def load_cycle_truth(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The exact cycle of a synthetic patient folder: ``(labels uint8 (X, Y, Z, T), displacement float32
-    (X, Y, Z, T, 3) in voxels, ED -> frame)``. One-line ``FileNotFoundError`` when the side files are absent."""
-    folder = Path(folder)
-    paths = [folder / f"{folder.name}{suffix}" for suffix in TRUTH_SUFFIXES]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: the exact cycle exists only for synthetic cohorts written with "
-                                    "`cvae synth --cine`")
-    labels = np.asarray(nib.load(str(paths[0])).dataobj, dtype=np.uint8)
-    displacement = np.asarray(nib.load(str(paths[1])).get_fdata(dtype=np.float32))
-    return labels, displacement

@@ -29,6 +29,7 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import voxelmorph as vxm
@@ -45,7 +46,7 @@ from cvae.training.config import RunConfig
 from cvae.training.loop import (RunState, check_run_folder, fit, held_out_split, resume_state, rewind_log,
                                 run_summary)
 
-__all__ = ["VxmTrainConfig", "train_voxelmorph", "export_voxelmorph", "main"]
+__all__ = ["VxmTrainConfig", "init_voxelmorph", "train_voxelmorph", "export_voxelmorph", "main"]
 
 
 @dataclass
@@ -58,7 +59,21 @@ class VxmTrainConfig(RunConfig):
     lr: float = option(1e-4, "Adam learning rate (VoxelMorph's default)")
     val_every: int = option(200, "steps between validations (best/ keeps the best one)")
     save_every: int = option(50, "steps between saves of last/ (a SIGKILL loses at most this many)")
+    init: str | None = option(None, "start from this VoxelMorph checkpoint's weights (name or folder): fine-tuning; "
+                                    "its model options and spacing must match this run's")
     model: VoxelMorphConfig = option(VoxelMorphConfig(), "the network and its loss (VoxelMorphConfig)")
+
+
+def init_voxelmorph(model: VoxelMorph, checkpoint: str | os.PathLike, spacing: Sequence[float]) -> None:
+    """Load the weights of the VoxelMorph ``checkpoint`` into ``model`` (fine-tuning), after checking that it has the
+    same model options and voxel spacing (mm); ``ValueError`` naming the differences otherwise."""
+    source, config = load_voxelmorph_checkpoint(checkpoint, "cpu")
+    ours = {**asdict(model.config), "spacing": [float(x) for x in spacing]}
+    theirs = {**asdict(source.config), "spacing": [float(x) for x in config.get("spacing", spacing)]}
+    differ = [f"{k}={theirs[k]!r} (this run: {v!r})" for k, v in ours.items() if theirs[k] != v]
+    if differ:
+        raise ValueError(f"--init {checkpoint} was trained with {', '.join(differ)}; pass the same options")
+    model.load_state_dict(source.state_dict())
 
 
 def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
@@ -77,7 +92,12 @@ def train_voxelmorph(cfg: VxmTrainConfig, command: str = "") -> Path:
     torch.manual_seed(cfg.seed)
     model = VoxelMorph(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    state = resume_state(out / "last", model, optimizer) if resumed else RunState()
+    if resumed:
+        state = resume_state(out / "last", model, optimizer)
+    else:
+        state = RunState()
+        if cfg.init:
+            init_voxelmorph(model, cfg.init, cfg.spacing)
     out.mkdir(parents=True, exist_ok=True)
     rewind_log(log_path, state.step)
     info = {**asdict(cfg), "command": command, "torch": torch.__version__, "voxelmorph": vxm.__version__,
@@ -166,6 +186,10 @@ def _model_card(config: dict, run: dict, summary: dict, n_parameters: int, weigh
         "`augment_batch(AugmentParams())` "
         f"(shift, rotation, tilt, scaling, mirroring) {'on' if run.get('augment', True) else 'off'}, batch 1; Adam, "
         f"lr {run.get('lr')}{lr_note}, no weight decay; seed {run.get('seed')}.",
+        *([f"Domain randomisation `--domain {run['domain']}` (`cvae.data.randomise`), drawn anew for every step."]
+          if run.get("domain", "off") != "off" else []),
+        *([f"Fine-tuned: started from the weights of `{run['init']}`; the steps below are this run's only."]
+          if run.get("init") else []),
         f"Run: {done} steps in {wall:.0f} s of wall time ({wall / 3600:.2f} h, periodic validation and saving "
         f"included), i.e. {wall / max(done, 1):.1f} s per step overall; median "
         f"{summary['median_sec_per_step']:.2f} s per training step. Mean loss {summary['first_loss']:.4f} over the "

@@ -1,6 +1,6 @@
 """Measuring tracking and the motion model against the synthetic cohort's exact cycle (``benchmarks/motion_eval.py``).
 
-Per subject with a cine and its truth (:func:`cvae.data.synthetic_cycle.load_cycle_truth`), on the registration
+Per subject with a cine and its truth (:func:`cvae.data.cycle_truth.load_cycle_truth`), on the registration
 model's crop grid, over the heart (the ED labels > 0, where the truth is defined by the anatomy):
 
 - **tracking** (ED -> every frame, batched, :func:`cvae.motion.track.track_cine`) and **smoothed tracking** (each

@@ -37,6 +37,7 @@ from cvae.checkpoint import load_checkpoint
 from cvae.data.volumes import load_cine, load_label
 from cvae.data.preprocess import preprocess_image_pair, resample_to_grid
 from cvae.evaluation.clinical import label_volumes_ml
+from cvae.fields import jacobian_determinant
 from cvae.io.atomic import atomic_folder, check_writable, earlier_outputs
 from cvae.io.nifti import save_volume
 from cvae.io.register import field_to_world, warp_to_grid
@@ -156,14 +157,16 @@ def track_cine(model: CVAERegistration, cine: np.ndarray, affine: np.ndarray, sp
     label_spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
     for start in range(0, len(frames), batch_size):
         fixed = torch.from_numpy(frames[start:start + batch_size])[:, None].to(device)
-        result = model.register(fixed, moving.expand(len(fixed), -1, -1, -1, -1), inverse=False)
-        codes.append(result.mu.cpu().numpy())
-        folding += [float((j <= 0).float().mean()) for j in result.jacobian]
-        motion += (result.displacement * voxel_mm).norm(dim=1).mean(dim=(1, 2, 3)).cpu().tolist()
+        pair_moving = moving.expand(len(fixed), -1, -1, -1, -1)
+        mu, _ = model.encode(fixed, pair_moving)  # model.register without the warped image, which is not needed
+        displacement = model.exponentiate(model.velocity(mu, pair_moving))
+        codes.append(mu.cpu().numpy())
+        folding += [float((j <= 0).float().mean()) for j in jacobian_determinant(displacement)]
+        motion += (displacement * voxel_mm).norm(dim=1).mean(dim=(1, 2, 3)).cpu().tolist()
         if keep_fields:
-            fields.append(result.displacement.cpu().numpy())
+            fields.append(displacement.cpu().numpy())
         if ed_label is not None and carry_labels:
-            world = field_to_world(result.displacement.cpu(), crop_affine, affine, cine.shape[:3])
+            world = field_to_world(displacement.cpu(), crop_affine, affine, cine.shape[:3])
             for frame, field in enumerate(world, start=start + 1):
                 # the ED frame is the reference: its labels are the segmentation itself (the identity), whatever
                 # the network predicts for the pair (ED, ED), which it never saw in training
