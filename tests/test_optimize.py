@@ -114,9 +114,10 @@ def test_the_prior_weight_keeps_the_velocity_near_the_networks():
     assert distances[2] < 0.2 * distances[0]
 
 
-def test_the_residual_is_as_smooth_in_mm_on_the_coarse_level_as_the_decoded_velocity():
-    """One coarse step's correction, brought to the full grid, spreads as far (in voxels of the full grid) as the
-    model's own smoothing layer spreads a point: the prior's width does not double on the coarse level."""
+def test_the_residuals_smoothing_has_the_same_width_in_mm_on_the_coarse_level():
+    """A coarse-level correction, brought to the full grid, spreads as far (in voxels of the full grid) as the
+    smoothing of the same ``residual_sigma`` spreads a point at full resolution: the width does not double on the
+    coarse level (it did before 2026-12-02)."""
     model = small_model()
     full = SMALL.image_size
 
