@@ -79,7 +79,8 @@ def _reference() -> None:
                "saw: the foreign cohort measures how it does on hearts drawn another way. cvae-opt is the CVAE "
                "followed by test-time optimisation of the velocity; cvae-dr and cvae-opt-dr are the same with the "
                "checkpoint `synthetic-acdc-dr`, trained with domain randomisation (`--methods cvae --checkpoint "
-               "synthetic-acdc-dr`).")
+               "synthetic-acdc-dr`); voxelmorph-dr is the VoxelMorph baseline fine-tuned the same way "
+               "(`voxelmorph-synthetic-acdc-dr`), the fair comparison for cvae-dr.")
     cohort = st.segmented_control("Box plots of the cohort", list(cases), default=next(iter(cases)),
                                   key="benchmark_reference_cohort", format_func=COHORTS.get) or next(iter(cases))
     st.plotly_chart(box_plot(cases[cohort], "dice"), key="benchmark_reference_boxes")

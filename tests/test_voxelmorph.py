@@ -221,6 +221,7 @@ def test_training_run_resume_and_export(tiny_cohort, tiny_cache, tmp_path):
     assert all(torch.equal(exported.state_dict()[k], v) for k, v in best.state_dict().items())
     card = (dest / "README.md").read_text()
     assert "lambda = 1.5" in card and "Run: 5 steps" in card and "patient007 to patient008" in card
+    assert card.startswith("# VoxelMorph baseline `shipped`") and 'load_voxelmorph("shipped")' in card
     assert f"{100 * best_config['metrics']['val_dice']:.2f} %" in card
     assert "lr 0.001 (VoxelMorph's default: 0.0001)" in card and card.endswith("## Notes\nA short run.\n")
 

@@ -140,9 +140,10 @@ def _log_summary(log_path: Path, window: int = 20) -> dict:
 
 
 def _model_card(config: dict, run: dict, summary: dict, n_parameters: int, weight_bytes: int,
-                cohort_seed: int, note: str = "") -> str:
+                cohort_seed: int, note: str = "", name: str = "voxelmorph-synthetic-acdc") -> str:
     """Markdown model card from the exported checkpoint's ``config``, the ``training`` section ``run`` of the run's
-    ``last`` checkpoint (the whole run: steps, wall time), the ``log.jsonl`` summary and a free-text ``note``."""
+    ``last`` checkpoint (the whole run: steps, wall time), the ``log.jsonl`` summary and a free-text ``note``;
+    ``name`` is the checkpoint's folder name."""
     model, best, metrics = config["model"], config.get("training", {}), config.get("metrics", {})
     if model["integration_steps"]:
         variant = (f"diffeomorphic VoxelMorph (stationary velocity integrated by scaling and squaring in "
@@ -197,12 +198,12 @@ def _model_card(config: dict, run: dict, summary: dict, n_parameters: int, weigh
         f"Hardware: {run.get('hardware')}, niceness {run.get('niceness', 0)}.{shared}",
         f"Command: `{run.get('command')}`"]
     return "\n".join([
-        "# VoxelMorph baseline, trained on the synthetic ACDC-like cohort", "",
+        f"# VoxelMorph baseline `{name}`, trained on the synthetic ACDC-like cohort", "",
         f"Baseline of cvae-reg: `voxelmorph` {run.get('voxelmorph', '?')} (PyTorch backend), "
         "`voxelmorph.nn.models.VxmPairwise`, trained by `cvae.methods.train_voxelmorph`. Load it with "
-        '`cvae.methods.voxelmorph.load_voxelmorph("voxelmorph-synthetic-acdc")`, or evaluate it with '
-        "`cvae evaluate` (method `voxelmorph`). Displacements are in voxels on the preprocessed grid, with "
-        "`M o (id + u) ~ F`.", "",
+        f'`cvae.methods.voxelmorph.load_voxelmorph("{name}")`, or evaluate it with '
+        f"`cvae evaluate` (method `voxelmorph`, `--voxelmorph-checkpoint {name}`). Displacements are in voxels on "
+        "the preprocessed grid, with `M o (id + u) ~ F`.", "",
         "## Model", *[f"- {b}" for b in model_bullets], "",
         "## Training", *[f"- {b}" for b in training_bullets], "",
         "## Validation (held-out training subjects)",
@@ -224,7 +225,7 @@ def export_voxelmorph(run: str | os.PathLike, dest: str | os.PathLike, cohort_se
     last = read_voxelmorph_config(folder / "last") if (folder / "last").is_dir() else config
     weight_bytes = len(safetensors_bytes({k: v.contiguous() for k, v in model.state_dict().items()}))
     card = _model_card(config, last["training"], _log_summary(folder / "log.jsonl"), model.num_parameters(),
-                       weight_bytes, cohort_seed, note)
+                       weight_bytes, cohort_seed, note, Path(dest).name)
     return save_voxelmorph(dest, model, spacing=config["spacing"], training=config["training"],
                            metrics=config["metrics"], extra_files={"README.md": card})
 
