@@ -2,6 +2,7 @@
 
     python -m cvae.methods.train_voxelmorph --data data/synthetic-acdc --out runs/voxelmorph --time-limit-min 60
     python -m cvae.methods.train_voxelmorph --export runs/voxelmorph checkpoints/voxelmorph-synthetic-acdc
+    python -m cvae.methods.train_voxelmorph --init voxelmorph-synthetic-acdc --domain full --lr 1e-4 ...   # fine-tuning
 
 Data: ``PairDataset(data, "training")`` at ``image_size`` / ``spacing`` (fixed = ES, moving = ED), the last
 ``val_subjects`` subjects held out for validation (as for the CVAE), online augmentation ``augment_batch`` with
