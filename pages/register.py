@@ -26,8 +26,9 @@ st.caption("The network sees the pair (fixed F, moving M) once and returns the t
            "contraction of the heart.")
 
 
-#: Seconds per velocity-optimisation step on the 2-core CPU the project is developed on (benchmarks/RESULTS.md).
-OPTIMIZE_SECONDS_PER_STEP = 0.25
+#: Seconds per velocity-optimisation step on the 2-core CPU the project is developed on: 20 steps took 2.3 s per
+#: case on one thread, the forward pass included (benchmarks/RESULTS.md, section 8, same run as demons).
+OPTIMIZE_SECONDS_PER_STEP = 0.12
 
 
 def _cohort_pair(checkpoint: str, steps: tuple[int, int]) -> tuple[Registration, Callable[[], bytes], str]:
