@@ -5,8 +5,8 @@ pairs it saw. :func:`optimize_velocity` refines that prediction on the pair, the
 learnt initialisation ("instance optimisation"), while keeping everything that makes the result a diffeomorphism:
 
 * the parametrisation stays a stationary velocity, ``v = v_net + S(r)``, with ``r`` a residual velocity (voxels) and
-  ``S`` a Gaussian smoothing of width ``residual_sigma`` (voxels of the full grid; by default 1.5 times the model's
-  sigma_S) of the same width in mm on every level, so ``v`` stays a smooth velocity like a decoded one;
+  ``S`` a Gaussian smoothing of width ``residual_sigma`` (voxels of the full grid; by default 4.5, 1.5 times the
+  shipped model's sigma_S), the same width in mm on every level, so ``v`` stays a smooth velocity like a decoded one;
 * ``exp(v)`` comes from the model's scaling and squaring, so the transform is a diffeomorphism and its inverse is
   ``exp(-v)``, as for one forward pass;
 * the objective is the project's one energy (:func:`cvae.losses.objective`), ``lam * (1 - LCC_sym(F, M; v))`` plus a
