@@ -248,17 +248,20 @@ def make_foreign_subject(split: str = "testing", index: int = 0, seed: int = 0, 
     if cine:
         cine_rng = np.random.default_rng([*key[:2], 1, key[3]])
         timing = draw_timing(cine_rng)
-        frames = {1: (subject.ed_image, ed_label, np.zeros_like(displacement)),
-                  design.es_frame: (subject.es_image, subject.es_label, displacement)}
-        for t in range(2, design.nb_frame + 1):
-            if t not in frames:
-                alpha = foreign_phase(t, design.nb_frame, design.es_frame, timing)
-                tissue, field = _moved_tissue(design, atlas, ed_tissue, scaled_motion(design.motion, alpha))
-                frames[t] = (acquire(render(tissue, grid_mm, contrast, alpha), bias, contrast, cine_rng),
-                             labels_of(field), field)
-        cycle = [frames[t] for t in range(1, design.nb_frame + 1)]
-        subject.cine, subject.cine_labels = (np.stack([f[k] for f in cycle], axis=-1) for k in (0, 1))
-        subject.cine_displacement = np.stack([f[2] for f in cycle], axis=3)
+
+        def frame(t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """(image, labels, ED -> frame displacement) of 1-based frame ``t``; ED and ES are the frame files'."""
+            if t == 1:
+                return subject.ed_image, ed_label, np.zeros_like(displacement)
+            if t == design.es_frame:
+                return subject.es_image, subject.es_label, displacement
+            alpha = foreign_phase(t, design.nb_frame, design.es_frame, timing)
+            tissue, field = _moved_tissue(design, atlas, ed_tissue, scaled_motion(design.motion, alpha))
+            return acquire(render(tissue, grid_mm, contrast, alpha), bias, contrast, cine_rng), labels_of(field), field
+
+        images, labels, fields = zip(*(frame(t) for t in range(1, design.nb_frame + 1)))
+        subject.cine, subject.cine_labels = np.stack(images, axis=-1), np.stack(labels, axis=-1)
+        subject.cine_displacement = np.stack(fields, axis=3)
         subject.frame_seconds = round(60.0 / timing.heart_rate / design.nb_frame, 4)
     return subject
 
